@@ -1,0 +1,279 @@
+"""Configuration: dataclass schemas, YAML presets and OmegaConf dotlist overrides.
+
+``load_config("digits/reco", ["train.iters=100"])`` merges, in order:
+
+1. the schema defaults below (``Config``);
+2. the preset's ``_base_`` chain (``s4kit/configs/<dataset>/_base.yaml``);
+3. the preset itself (``s4kit/configs/digits/reco.yaml``) or a YAML path;
+4. the dotlist overrides;
+5. the method's own ``Options`` dataclass (its defaults, then the ``method:`` section),
+   so the result is *fully resolved*: every option a run used is in ``config.yaml``.
+
+Unknown keys are errors that name the key and the file they came from.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import S4kitError
+from omegaconf.errors import OmegaConfBaseException
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(S4kitError, ValueError):
+    """A preset, YAML file or override is unknown or invalid."""
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "digits"  # digits | pascal | cityscapes
+    root: str = "data/digits"
+    splits: Optional[str] = None  # default: <root>/splits
+    split: str = "1_16"
+    num_classes: int = 11
+    label_format: str = "voc"  # voc (palette or grayscale ids) | cityscapes (gtFine labelIds -> train ids)
+    crop_size: int = 32
+    scale_range: list = field(default_factory=lambda: [0.8, 1.25])  # random rescale factors
+    flip: bool = False  # horizontal flips (off for digits: flips change a digit's identity)
+    hidden_gt: bool = True  # unlabeled images have ground truth, used only to measure pseudo-labels
+    cache: bool = True  # keep decoded images in memory (small datasets)
+    num_workers: int = 0
+    mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class AugmentConfig:
+    """Photometric ("strong") augmentation; reference/substrate.md §4.2 (UniMatch column)."""
+
+    jitter_p: float = 0.8
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.25
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: list = field(default_factory=lambda: [0.1, 2.0])
+    labeled: bool = True  # photometric augmentation of labeled images too (ReCo family)
+    mix: str = "cutmix"  # cutmix | classmix | none: mixing of unlabeled images (S2)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "deeplabv3plus"
+    backbone: str = "small"  # small | resnet18 | resnet34 | resnet50 | resnet101
+    width: int = 32  # small encoder width
+    output_stride: int = 8
+    pretrained: Optional[str] = None  # local path to encoder weights, loaded strictly
+    rep_dim: int = 64
+    aspp_channels: int = 64
+    low_channels: int = 16
+    head_channels: int = 64
+    aspp_rates: list = field(default_factory=lambda: [1, 2, 3])
+    sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # sgd | adamw
+    lr: float = 5e-3
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    head_lr_mult: float = 1.0  # lr multiplier of everything but the encoder
+    warmup_iters: int = 0  # linear warm-up before the poly decay
+    power: float = 0.9  # poly exponent (S11)
+    min_lr: float = 0.0  # poly floor eta_min (S11)
+    grad_clip: Optional[float] = None
+
+
+@dataclass
+class TrainConfig:
+    iters: int = 800
+    seed: int = 0
+    batch_labeled: int = 16
+    batch_unlabeled: int = 16
+    checkpoint_every: int = 200
+    log_every: int = 20
+    eval_every: int = 0  # 0: evaluate only at the end
+    deterministic: bool = False
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+
+
+@dataclass
+class EvalConfig:
+    mode: str = "full"  # full | sliding
+    window: int = 0  # sliding-window size (0: data.crop_size)
+    stride: int = 0  # sliding-window stride (0: floor(2 * window / 3))
+    batch_size: int = 32  # full mode batches same-size images; sliding mode uses 1
+    model: str = "teacher"  # teacher | student (methods without a teacher use the student)
+    max_images: int = 0  # 0: the whole val set
+    pl_max_images: int = 0  # 0: every unlabeled train image for the final pseudo-label metrics
+
+
+@dataclass
+class VizConfig:
+    enabled: bool = True
+    overlays: int = 6
+    tsne_pixels: int = 2000
+    tsne_iters: int = 500
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    method: Any = field(default_factory=lambda: {"name": "supervised"})
+    device: str = "auto"  # cpu | cuda | auto
+
+
+# FAST: every heavy step shrunk to seconds (notebook tests, smoke checks); MAX_ITERS can override iters.
+FAST_OVERRIDES = ["train.iters=12", "train.log_every=4", "train.checkpoint_every=12", "eval.max_images=64",
+                  "eval.pl_max_images=64", "viz.overlays=3", "viz.tsne_pixels=300", "viz.tsne_iters=100"]
+
+
+def preset_path(name: str) -> Path:
+    """Resolve ``digits/reco`` to ``s4kit/configs/digits/reco.yaml``; a path is returned as is.
+
+    Raises ``ConfigError`` listing the available presets if neither exists.
+    """
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml"):
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        return p
+    q = CONFIG_DIR / f"{name}.yaml"
+    if not q.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
+    return q
+
+
+def available_presets() -> list[str]:
+    """Every preset name, ``<dataset>/<method>``."""
+    return sorted(str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIG_DIR.glob("*/*.yaml")
+                  if not p.name.startswith("_"))
+
+
+_UNDERSCORE_NUMBER = re.compile(r"^(\s*[\w.-]+:\s*)(\d+(?:_\d+)+)(\s*(?:#.*)?)$", re.M)
+
+
+def _quote_split_names(text: str) -> str:
+    """Quote YAML scalars like ``1_16``: YAML 1.1 would read them as the integer 116.
+
+    Split names are strings; quoting is harmless for true integer fields because
+    ``int("200_000") == 200000``.
+    """
+    return _UNDERSCORE_NUMBER.sub(lambda m: f"{m.group(1)}'{m.group(2)}'{m.group(3)}", text)
+
+
+def _load_yaml_chain(path: Path) -> list[tuple[Path, DictConfig]]:
+    try:
+        node = OmegaConf.create(_quote_split_names(path.read_text()))
+    except Exception as exc:  # noqa: BLE001
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    chain = []
+    base = node.pop("_base_", None)
+    if base is not None:
+        chain += _load_yaml_chain((path.parent / base).resolve())
+    return chain + [(path, node)]
+
+
+def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {exc.msg if hasattr(exc, 'msg') else exc}".splitlines()[0]) from exc
+
+
+def load_config(preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Build a fully resolved config from a preset name or YAML path plus dotlist overrides.
+
+    Returns a read-only ``DictConfig`` with the ``Config`` schema; ``cfg.method`` carries the
+    method's resolved options (see ``s4kit.methods.method_options``).
+
+    Raises:
+        ConfigError: unknown preset, unknown key, wrong type, unknown method or option.
+    """
+    cfg = OmegaConf.structured(Config)
+    for path, node in _load_yaml_chain(preset_path(str(preset))):
+        cfg = _merge(cfg, node, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        if re.fullmatch(r"\d+(?:_\d+)+", value.strip()):  # a split name such as 1_16, not 116
+            value = f"'{value.strip()}'"
+        cfg = _merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]), f"override {item!r}")
+    return resolve(cfg)
+
+
+def resolve(cfg: DictConfig) -> DictConfig:
+    """Fill derived defaults (``data.splits``) and merge the method's option schema."""
+    from .methods import method_options  # late import: config must not depend on methods at import
+
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    if cfg.data.splits is None:
+        cfg.data.splits = str(Path(cfg.data.root) / "splits")
+    name = cfg.method.get("name", None)
+    options = method_options(name)  # raises ConfigError for an unknown method
+    try:
+        method = OmegaConf.merge(OmegaConf.structured(options), cfg.method)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"method {name!r}: {str(exc).splitlines()[0]}") from exc
+    cfg.method = method
+    _validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def _validate(cfg: DictConfig) -> None:
+    checks = [
+        (cfg.data.dataset in ("digits", "pascal", "cityscapes"), "data.dataset", "digits, pascal or cityscapes"),
+        (cfg.data.label_format in ("voc", "cityscapes"), "data.label_format", "voc or cityscapes"),
+        (cfg.device in ("cpu", "cuda", "auto"), "device", "cpu, cuda or auto"),
+        (cfg.eval.mode in ("full", "sliding"), "eval.mode", "full or sliding"),
+        (cfg.eval.model in ("teacher", "student"), "eval.model", "teacher or student"),
+        (cfg.optim.name in ("sgd", "adamw"), "optim.name", "sgd or adamw"),
+        (cfg.augment.mix in ("cutmix", "classmix", "none"), "augment.mix", "cutmix, classmix or none"),
+        (cfg.train.iters > 0, "train.iters", "a positive number"),
+        (cfg.train.batch_labeled > 0, "train.batch_labeled", "a positive number"),
+        (cfg.data.num_classes > 1, "data.num_classes", "at least 2"),
+        (len(cfg.data.scale_range) == 2 and 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1],
+         "data.scale_range", "[lo, hi] with 0 < lo <= hi"),
+    ]
+    for ok, key, expected in checks:
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: expected {expected}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML (what ``config.yaml`` in a run folder holds)."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def from_yaml(path: str | Path) -> DictConfig:
+    """Read a run's ``config.yaml`` back into a resolved config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    return resolve(_merge(OmegaConf.structured(Config), OmegaConf.create(_quote_split_names(path.read_text())),
+                          str(path)))

@@ -1,0 +1,99 @@
+"""Datasets and resumable, seeded data streams built from a config.
+
+Training streams are infinite, seeded sequences: iteration t of stream s on rank r takes
+positions (t * W + r) * B .. + B - 1 of the concatenation of per-epoch permutations
+``perm(seed, s, epoch)``; each sample's augmentation seed is derived from
+(seed, s, t, r, j). A run resumed at iteration t therefore sees exactly the batches an
+uninterrupted run would have seen, whatever ``num_workers``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .datasets import SegmentationDataset
+from .splits import split_paths
+from .transforms import EvalTransform, TrainTransform
+
+LABELED, UNLABELED = 0, 1
+
+
+class IterationBatchSampler(torch.utils.data.Sampler):
+    """Yields, for t = start .. total - 1, a list of B ``(index, sample_seed)`` pairs.
+
+    Args:
+        n: dataset length; batch_size: B per rank; seed, stream: stream identity;
+        start, total: iteration range; rank, world: this process and the world size.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, stream: int, start: int, total: int,
+                 rank: int = 0, world: int = 1):
+        self.n, self.b, self.seed, self.stream = n, batch_size, seed, stream
+        self.start, self.total, self.rank, self.world = start, total, rank, world
+        self._epoch, self._perm = -1, None
+
+    def _index(self, pos: int) -> int:
+        epoch = pos // self.n
+        if epoch != self._epoch:
+            self._epoch = epoch
+            self._perm = np.random.default_rng([self.seed, self.stream, epoch]).permutation(self.n)
+        return int(self._perm[pos % self.n])
+
+    def __iter__(self):
+        for t in range(self.start, self.total):
+            first = (t * self.world + self.rank) * self.b
+            yield [(self._index(first + j),
+                    int(np.random.SeedSequence([self.seed, self.stream, t, self.rank, j]).generate_state(1)[0]))
+                   for j in range(self.b)]
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.start)
+
+
+def train_transform(cfg) -> TrainTransform:
+    d = cfg.data
+    return TrainTransform(d.crop_size, tuple(d.scale_range), d.flip, tuple(d.mean), tuple(d.std))
+
+
+def eval_transform(cfg) -> EvalTransform:
+    return EvalTransform(tuple(cfg.data.mean), tuple(cfg.data.std))
+
+
+def build_dataset(cfg, part: str, train: bool = True) -> SegmentationDataset:
+    """``part`` in labeled | unlabeled | val; ``train`` picks the weak-view or eval transform.
+
+    Unlabeled datasets keep their hidden ground truth only if ``data.hidden_gt``.
+    Raises ``SplitError`` / ``DataError`` (see ``SegmentationDataset``).
+    """
+    d = cfg.data
+    path = split_paths(d.splits, d.split)[part]
+    return SegmentationDataset(
+        d.root, path, d.num_classes, train_transform(cfg) if train else eval_transform(cfg),
+        labeled=part != "unlabeled", hidden_gt=bool(d.hidden_gt), label_format=d.label_format, cache=bool(d.cache))
+
+
+def build_train_streams(cfg, start: int = 0, rank: int = 0, world: int = 1, need_unlabeled: bool = True):
+    """Iterators over labeled (and unlabeled) training batches from iteration ``start``."""
+    streams = []
+    for part, stream, bsz in (("labeled", LABELED, cfg.train.batch_labeled),
+                              ("unlabeled", UNLABELED, cfg.train.batch_unlabeled)):
+        if part == "unlabeled" and not need_unlabeled:
+            streams.append(None)
+            continue
+        ds = build_dataset(cfg, part, train=True)
+        sampler = IterationBatchSampler(len(ds), bsz, cfg.train.seed, stream, start, cfg.train.iters, rank, world)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+            persistent_workers=False, pin_memory=torch.cuda.is_available())
+        streams.append(iter(loader))
+    return streams[0], streams[1]
+
+
+def n_images(cfg, part: str) -> int:
+    """Number of entries in the ``part`` list of the configured split."""
+    from .splits import read_split_file
+
+    return len(read_split_file(Path(split_paths(cfg.data.splits, cfg.data.split)[part])))

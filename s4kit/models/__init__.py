@@ -1,0 +1,46 @@
+"""Networks: DeepLabV3+ (torchvision ResNet or a small CNN), heads, EMA teacher."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .backbones import ResNetEncoder, SmallEncoder, WeightsError, load_encoder_weights
+from .deeplab import DeepLabV3Plus
+
+_BUILDERS: dict = {}
+
+
+def register_model(name: str):
+    """Decorator: register ``fn(model_cfg, num_classes) -> nn.Module`` as ``model.name=<name>``."""
+
+    def wrap(fn):
+        _BUILDERS[name] = fn
+        return fn
+
+    return wrap
+
+
+@register_model("deeplabv3plus")
+def build_deeplabv3plus(mcfg, num_classes: int) -> nn.Module:
+    """DeepLabV3+ on ``model.backbone`` (``small`` or a torchvision ResNet), see ``deeplab.py``.
+
+    Pretrained encoder weights load strictly from ``model.pretrained`` (a local path).
+    """
+    if mcfg.backbone == "small":
+        encoder = SmallEncoder(mcfg.width, mcfg.output_stride)
+    else:
+        encoder = ResNetEncoder(mcfg.backbone, mcfg.output_stride)
+    if mcfg.pretrained:
+        load_encoder_weights(encoder, mcfg.pretrained)
+    return DeepLabV3Plus(encoder, num_classes, mcfg.rep_dim, mcfg.aspp_channels, mcfg.low_channels,
+                         mcfg.head_channels, tuple(mcfg.aspp_rates))
+
+
+def build_model(mcfg, num_classes: int) -> nn.Module:
+    """Build ``model.name`` for ``num_classes`` classes; raises ``ValueError`` for an unknown name."""
+    if mcfg.name not in _BUILDERS:
+        raise ValueError(f"model.name={mcfg.name!r}: unknown; known: {sorted(_BUILDERS)}")
+    return _BUILDERS[mcfg.name](mcfg, num_classes)
+
+
+__all__ = ["build_model", "register_model", "DeepLabV3Plus", "ResNetEncoder", "SmallEncoder",
+           "WeightsError", "load_encoder_weights"]

@@ -1,0 +1,178 @@
+"""The method interface and registry.
+
+Every method is an ``nn.Module`` registered by name and built from a config. The trainer
+knows only this interface (DESIGN.md "Methods"):
+
+* ``train_step(labeled, unlabeled) -> dict``: entries whose key starts with ``loss`` are
+  scalar tensors that the trainer sums and back-propagates; every other entry is a
+  float diagnostic (pseudo-label precision, ...) written to ``log.csv``.
+* ``predict(image) -> logits`` (B, K, H, W) at the input resolution, from the evaluation
+  model (the EMA teacher where the method has one and ``eval.model=teacher``).
+* ``after_step(step)``: called after every optimiser step (the EMA update).
+* ``param_groups()``: optimiser parameter groups (the trainer sets their learning rates).
+
+Batches are dicts: ``image`` float (B, 3, H, W) normalised, ``mask`` int64 (B, H, W) with
+255 = ignore (labeled only), ``id`` list of str; unlabeled batches of datasets with hidden
+ground truth also carry ``hidden_mask`` int64 (B, H, W), which methods may use only to
+*measure* pseudo-labels, never in a loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..models import build_model
+
+IGNORE_INDEX = 255
+_REGISTRY: dict[str, type["Method"]] = {}
+
+
+@dataclass
+class MethodOptions:
+    """Options every method understands (the ``method:`` section of a config)."""
+
+    name: str = "supervised"
+
+
+def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator: make a ``Method`` subclass buildable as ``method.name=<name>``."""
+
+    def wrap(cls: type["Method"]) -> type["Method"]:
+        if name in _REGISTRY:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def registered() -> list[str]:
+    """Names of every registered method."""
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str | None) -> type["Method"]:
+    """The class registered as ``name``; raises ``ConfigError`` listing the known names."""
+    from ..config import ConfigError
+
+    if name not in _REGISTRY:
+        raise ConfigError(f"method.name={name!r}: unknown method; known: {', '.join(registered())}")
+    return _REGISTRY[name]
+
+
+def method_options(name: str | None) -> type:
+    """The options dataclass of method ``name`` (its defaults are the paper's values)."""
+    return method_class(name).Options
+
+
+def build_method(cfg) -> "Method":
+    """Instantiate ``cfg.method.name`` with the full (resolved) config."""
+    return method_class(cfg.method.name)(cfg)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (or the module itself)."""
+    return module.module if hasattr(module, "module") and isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of (B, C, h, w) to (B, C, *size), ``align_corners=True`` (substrate §2.5)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+
+
+def downsample_labels(labels: torch.Tensor, size) -> torch.Tensor:
+    """Nearest downsampling of int64 (B, H, W) labels to (B, *size) (substrate §2.5)."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    return F.interpolate(labels.unsqueeze(1).float(), size=tuple(size), mode="nearest").squeeze(1).long()
+
+
+class Method(nn.Module):
+    """Base class: a student network built from ``cfg.model``; subclasses add the rest.
+
+    Attributes:
+        student: the trained network (wrapped in DDP by the trainer when distributed).
+        teacher: ``None`` here; semi-supervised subclasses set an EMA copy.
+        uses_unlabeled: whether ``train_step`` needs an unlabeled batch.
+        uses_representation: whether a loss trains the representation head; if not, DDP
+            must allow unused parameters and figures show the decoder feature instead.
+    """
+
+    name = "base"
+    Options = MethodOptions
+    uses_unlabeled = False
+    uses_representation = False
+
+    @property
+    def representation_key(self) -> str:
+        """Which network output holds the pixel representations this method shapes."""
+        return "rep" if self.uses_representation else "feat"
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.opts = cfg.method
+        self.num_classes = cfg.data.num_classes
+        self.student = build_model(cfg.model, cfg.data.num_classes)
+        self.teacher: nn.Module | None = None
+
+    # -- interface ---------------------------------------------------------------------
+    def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_step(self, step: int) -> None:
+        """Called after optimiser step ``step`` (0-based). Default: nothing."""
+
+    def param_groups(self) -> list[dict]:
+        """Two groups: the encoder (``lr_mult`` 1) and the rest (``lr_mult`` = optim.head_lr_mult)."""
+        net = unwrap(self.student)
+        enc = [p for n, p in net.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+        rest = [p for n, p in net.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+        return [{"params": enc, "lr_mult": 1.0, "name": "encoder"},
+                {"params": rest, "lr_mult": float(self.cfg.optim.head_lr_mult), "name": "decoder"}]
+
+    def eval_model(self) -> nn.Module:
+        """The network used for evaluation: the teacher if any and ``eval.model=teacher``."""
+        if self.teacher is not None and self.cfg.eval.model == "teacher":
+            return self.teacher
+        return unwrap(self.student)
+
+    @torch.no_grad()
+    def forward_eval(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw outputs (``logits``, ``rep``, ...) of the evaluation model in eval mode."""
+        net = self.eval_model()
+        was_training = net.training
+        net.eval()
+        try:
+            return net(image)
+        finally:
+            net.train(was_training)
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, H, W) at the resolution of ``image`` (B, 3, H, W)."""
+        return upsample(self.forward_eval(image)["logits"].float(), image.shape[-2:])
+
+    @torch.no_grad()
+    def pseudo_labels(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(labels int64 (B, H, W), confidence float (B, H, W))`` from the evaluation model.
+
+        Used to measure pseudo-label quality on unlabeled images with hidden ground truth;
+        methods whose pseudo-labels are not the argmax of the logits override it.
+        """
+        confidence, labels = self.predict(image).softmax(1).max(1)
+        return labels, confidence
+
+    def prototypes(self) -> torch.Tensor | None:
+        """Class prototypes (K, D) the method maintains, or ``None`` (figures then use class means)."""
+        return None
+
+    def forward(self, *args, **kwargs):  # pragma: no cover - methods are driven via train_step
+        raise RuntimeError("call train_step(labeled, unlabeled) or predict(image), not the method itself")

@@ -1,0 +1,73 @@
+"""``reco``: the mean teacher plus ReCo's pixel contrast with hard anchors and sampled negatives.
+
+Source: Liu et al., "Bootstrapping Semantic Segmentation with Regional Contrast", ICLR
+2022; reference/substrate.md §5.3-5.4 (ReCo ``train_semisup.py`` with ``compute_reco_loss``).
+
+    L = L_s + L_u + lambda_c L_c                                                    (S10)
+
+L_c (``s4kit.losses.contrast.reco_loss``, S5-S9) runs on the student representations of
+the labeled and the strong unlabeled images, concatenated, at the head's resolution:
+labels are the ground truth (valid where y != 255) and the mixed pseudo-labels (valid
+where the mixed teacher confidence q >= delta_w), nearest-downsampled. Hard anchors are
+pixels whose *student* probability of their label is below delta_s.
+
+Defaults are ReCo's code: tau = 0.5, M_q = 256, M_k = 512, delta_w = 0.7,
+delta_s = delta_u = 0.97, lambda_c = 1. One deliberate change: a class with no hard
+anchor does not count in the denominator of (S9) (ReCo defect 4, substrate §9);
+``method.literal_denominator=true`` restores the code's behaviour.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..losses.contrast import reco_loss
+from .base import IGNORE_INDEX, downsample_labels, register
+from .meanteacher import MeanTeacher, MeanTeacherOptions
+
+
+@dataclass
+class RecoOptions(MeanTeacherOptions):
+    name: str = "reco"
+    weak_threshold: float = 0.7  # delta_w: pseudo-label validity for the contrast
+    strong_threshold: float = 0.97  # delta_s: hard-anchor cut
+    temperature: float = 0.5  # tau
+    num_queries: int = 256  # M_q anchors per class
+    num_negatives: int = 512  # M_k negative keys per anchor
+    contrast_weight: float = 1.0  # lambda_c
+    literal_denominator: bool = False  # ReCo-literal (S9) denominator
+
+
+def contrast_inputs(ctx: dict, weak_threshold: float):
+    """Representations, labels, validity and student probabilities on the head grid.
+
+    From the ``MeanTeacher.train_step`` context, returns ``rep`` (2B, D, h, w), ``labels``
+    int64 (2B, h, w), ``valid`` bool (2B, h, w) and ``prob`` (2B, K, h, w) with the labeled
+    batch first.
+    """
+    out_l, out_u = ctx["out_l"], ctx["out_u"]
+    size = out_l["rep"].shape[-2:]
+    y_l = downsample_labels(ctx["labeled"]["mask"], size)
+    y_u = downsample_labels(ctx["pseudo"], size)
+    conf_u = torch.nn.functional.interpolate(ctx["confidence"].unsqueeze(1), size=tuple(size), mode="nearest").squeeze(1)
+    labels = torch.cat([y_l, y_u])
+    valid = torch.cat([y_l != IGNORE_INDEX, (conf_u >= weak_threshold) & (y_u != IGNORE_INDEX)])
+    rep = torch.cat([out_l["rep"], out_u["rep"]]).float()
+    prob = torch.cat([out_l["logits"], out_u["logits"]]).float().softmax(1)
+    return rep, labels, valid, prob
+
+
+@register("reco")
+class ReCo(MeanTeacher):
+    """Mean teacher + ReCo contrast; adds ``loss_contrast`` to ``train_step``'s output."""
+
+    Options = RecoOptions
+    uses_representation = True
+
+    def extra_losses(self, ctx: dict) -> dict:
+        o = self.opts
+        rep, labels, valid, prob = contrast_inputs(ctx, o.weak_threshold)
+        loss = reco_loss(rep, labels, valid, prob, o.strong_threshold, o.temperature, o.num_queries,
+                         o.num_negatives, o.literal_denominator)
+        return {"loss_contrast": o.contrast_weight * loss}

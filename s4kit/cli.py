@@ -1,0 +1,117 @@
+"""The ``s4kit`` command line (DESIGN.md "Commands and the run folder").
+
+    s4kit data digits [--root DIR] [--seed N]
+    s4kit train CONFIG [key=value ...]
+    s4kit eval RUN_DIR [key=value ...]
+    s4kit reproduce --method M --dataset D --split S [--seed N] [-p KEY VALUE ...] [--out DIR]
+    s4kit report RUNS_DIR [--csv]
+
+A user's mistake (unknown preset or key, missing split file, bad label, ...) prints one
+line ``s4kit: error: ...`` and exits with status 2; bugs keep their traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import S4kitError
+
+
+def _data(args) -> None:
+    from .data.digits import DigitsSpec, write_digits
+
+    if args.dataset != "digits":
+        raise S4kitError(f"'s4kit data {args.dataset}': only the embedded digits dataset can be built; "
+                         "PASCAL VOC and Cityscapes are downloaded from their official sites (see data/README.md)")
+    root = write_digits(args.root, seed=args.seed, spec=DigitsSpec())
+    print(f"digits written to {root} (splits in {Path(root) / 'splits'})")
+
+
+def _train(args) -> None:
+    from .config import load_config
+    from .engine import train
+
+    cfg = load_config(args.config, args.overrides)
+    metrics = train(cfg)
+    from . import dist
+
+    if dist.rank() == 0:
+        print(_summary(metrics))
+
+
+def _summary(m: dict) -> str:
+    keys = ["method", "dataset", "split", "seed", "iters", "miou", "pixel_acc", "pseudo_label_precision",
+            "pseudo_label_coverage", "train_seconds"]
+    return "\n".join(f"{k:>24}: {m[k]:.2f}" if isinstance(m[k], float) else f"{k:>24}: {m[k]}" for k in keys if k in m)
+
+
+def _eval(args) -> None:
+    from .engine.runs import evaluate_run
+
+    result = evaluate_run(args.run_dir, args.overrides)
+    print(_summary(result))
+
+
+def _reproduce(args) -> None:
+    from .engine.reproduce import reproduce
+
+    params = {k: v for k, v in (args.param or [])}
+    out = reproduce(args.method, args.dataset, args.split, args.seed, params, args.out)
+    print(f"executed notebook: {out}")
+
+
+def _report(args) -> None:
+    from .engine.report import report_table
+
+    print(report_table(args.runs_dir, csv=args.csv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="s4kit", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("data", help="build the embedded digits dataset on disk")
+    d.add_argument("dataset", help="digits")
+    d.add_argument("--root", default="data/digits", help="output folder (default data/digits)")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(fn=_data)
+    t = sub.add_parser("train", help="one training run (python -m s4kit.run train under torchrun)")
+    t.add_argument("config", help="preset (digits/reco, pascal/prcl, ...) or YAML path")
+    t.add_argument("overrides", nargs="*", help="key=value config overrides")
+    t.set_defaults(fn=_train)
+    e = sub.add_parser("eval", help="evaluate a run's checkpoint")
+    e.add_argument("run_dir")
+    e.add_argument("overrides", nargs="*", help="key=value overrides (eval.mode=sliding, ...)")
+    e.set_defaults(fn=_eval)
+    r = sub.add_parser("reproduce", help="papermill: notebooks/reproduce.ipynb -> RUN_DIR")
+    r.add_argument("--method", required=True)
+    r.add_argument("--dataset", default="digits")
+    r.add_argument("--split", required=True)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
+                   help="notebook parameter (FAST, MAX_ITERS, DEVICE, DATA_ROOT, OVERRIDES)")
+    r.add_argument("--out", default=None, help="run folder (default runs/<dataset>/<method>/<split>/seed<N>)")
+    r.set_defaults(fn=_reproduce)
+    rep = sub.add_parser("report", help="Markdown table of every metrics.json below RUNS_DIR")
+    rep.add_argument("runs_dir")
+    rep.add_argument("--csv", action="store_true", help="CSV instead of Markdown")
+    rep.set_defaults(fn=_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except S4kitError as exc:
+        print(f"s4kit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("s4kit: interrupted; run the same command again to resume from checkpoints/last.pt", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Evaluation: dataset-level mIoU (full image or sliding window) and pseudo-label quality.
+
+Source: reference/substrate.md §8. The confusion matrix is summed over the whole val set
+and all-reduced over ranks; each rank evaluates images ``rank, rank + W, ...`` so no image
+is counted twice (the UniMatch DistributedSampler padding is not reproduced).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable
+
+import torch
+
+from .. import dist
+from ..metrics import absent_classes, confusion_matrix, iou_from_confusion, miou, pixel_accuracy
+
+
+def sliding_window_logits(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int,
+                          stride: int, num_classes: int) -> torch.Tensor:
+    """Sum of softmax outputs over ``window`` x ``window`` crops (UniMatch ``sliding_window``).
+
+    Windows start every ``stride`` pixels and the last one in each axis is moved back to
+    touch the border; an image smaller than the window is one window. Summing or averaging
+    the softmax gives the same argmax (substrate §8.2).
+
+    Args:
+        predict: image (1, 3, h, w) -> logits (1, K, h, w).
+        image: (1, 3, H, W). Returns summed probabilities (1, K, H, W).
+    """
+    _, _, H, W = image.shape
+    out = torch.zeros(1, num_classes, H, W, device=image.device)
+
+    def starts(size: int) -> list[int]:
+        if size <= window:
+            return [0]
+        s = list(range(0, size - window + 1, stride))
+        if s[-1] != size - window:
+            s.append(size - window)
+        return s
+
+    for y in starts(H):
+        for x in starts(W):
+            crop = image[:, :, y : y + window, x : x + window]
+            out[:, :, y : y + crop.shape[2], x : x + crop.shape[3]] += predict(crop).float().softmax(1)
+    return out
+
+
+def _batches(dataset, indices, batch_size: int):
+    """Group consecutive same-size samples into batches of at most ``batch_size``."""
+    batch = []
+    for i in indices:
+        s = dataset[i]
+        if batch and (len(batch) == batch_size or batch[0]["image"].shape != s["image"].shape):
+            yield batch
+            batch = []
+        batch.append(s)
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_classes: int, device,
+             mode: str = "full", window: int = 0, stride: int = 0, batch_size: int = 16, max_images: int = 0,
+             progress: bool = False) -> dict:
+    """mIoU of ``predict`` on ``dataset`` (samples with ``image`` and ``mask``).
+
+    Args:
+        predict: image (B, 3, H, W) -> logits (B, K, H, W) at the input resolution.
+        mode: ``full`` (whole image) or ``sliding`` (``window``, ``stride``; stride 0
+            means floor(2 * window / 3)).
+        max_images: evaluate only the first N images (0: all).
+
+    Returns ``{"miou", "pixel_acc", "per_class_iou" (list, percent), "confusion" (K, K)}``.
+    Warns if some class is absent from both ground truth and prediction (its IoU is 0).
+    """
+    n = len(dataset) if not max_images else min(max_images, len(dataset))
+    indices = range(dist.rank(), n, dist.world_size())
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    stride = stride or max(1, (2 * window) // 3)
+    from tqdm.auto import tqdm
+
+    for batch in tqdm(list(_batches(dataset, indices, 1 if mode == "sliding" else batch_size)),
+                      desc="eval", disable=not progress, leave=False):
+        image = torch.stack([s["image"] for s in batch]).to(device)
+        target = torch.stack([s["mask"] for s in batch])
+        if mode == "sliding":
+            pred = sliding_window_logits(predict, image, window, stride, num_classes).argmax(1)
+        else:
+            pred = predict(image).argmax(1)
+        cm += confusion_matrix(pred.cpu(), target, num_classes)
+    cm = dist.all_reduce_sum(cm.to(device)).cpu()
+    absent = absent_classes(cm)
+    if absent:
+        warnings.warn(f"classes {absent} are absent from ground truth and prediction; their IoU counts as 0",
+                      stacklevel=2)
+    iou = iou_from_confusion(cm)
+    return {"miou": miou(cm), "pixel_acc": pixel_accuracy(cm), "per_class_iou": [float(v * 100) for v in iou],
+            "confusion": cm}
+
+
+@torch.no_grad()
+def pseudo_label_metrics(pseudo_label: Callable, dataset, device, threshold: float, batch_size: int = 32,
+                         max_images: int = 0) -> dict:
+    """Precision and coverage of pseudo-labels on unlabeled images with hidden ground truth.
+
+    Args:
+        pseudo_label: image (B, 3, H, W) -> (labels int64 (B, H, W), confidence (B, H, W)).
+        dataset: unlabeled samples carrying ``hidden_mask``.
+        threshold: the method's confidence threshold.
+
+    Returns ``{"pseudo_label_precision", "pseudo_label_coverage", "pseudo_label_accuracy"}``
+    in percent (precision NaN if no pixel is confident), summed over ranks.
+    """
+    n = len(dataset) if not max_images else min(max_images, len(dataset))
+    counts = torch.zeros(4, dtype=torch.float64)  # valid, confident, correct&confident, correct
+    for batch in _batches(dataset, range(dist.rank(), n, dist.world_size()), batch_size):
+        image = torch.stack([s["image"] for s in batch]).to(device)
+        hidden = torch.stack([s["hidden_mask"] for s in batch]).to(device)
+        labels, conf = pseudo_label(image)
+        valid = hidden != 255
+        confident = valid & (conf >= threshold)
+        correct = labels == hidden
+        counts += torch.tensor([valid.sum().item(), confident.sum().item(), (correct & confident).sum().item(),
+                                (correct & valid).sum().item()], dtype=torch.float64)
+    counts = dist.all_reduce_sum(counts.to(device)).cpu()
+    valid, confident, cc, c = counts.tolist()
+    return {"pseudo_label_precision": 100 * cc / confident if confident else math.nan,
+            "pseudo_label_coverage": 100 * confident / valid if valid else math.nan,
+            "pseudo_label_accuracy": 100 * c / valid if valid else math.nan}

@@ -1,0 +1,76 @@
+"""``s4kit report RUNS_DIR``: one table row per (dataset, method, split) over seeds."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ConfigError
+
+METHOD_ORDER = ["supervised", "meanteacher", "reco", "css", "prcl", "rc2l", "allspark"]
+
+
+def collect_metrics(runs_dir: str | Path) -> list[dict]:
+    """Every ``metrics.json`` below ``runs_dir`` (with its folder as ``run_dir``)."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ConfigError(f"{runs_dir}: no such folder")
+    out = []
+    for p in sorted(runs_dir.rglob("metrics.json")):
+        m = json.loads(p.read_text())
+        m["run_dir"] = str(p.parent)
+        out.append(m)
+    return out
+
+
+def _mean_std(values: list[float]) -> str:
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.1f}"
+    return f"{np.mean(v):.1f} ± {np.std(v, ddof=1):.1f}"
+
+
+def summarize(metrics: list[dict]) -> list[dict]:
+    """Group runs by (dataset, method, model, split); mean ± sample std over seeds."""
+    groups: dict[tuple, list[dict]] = {}
+    for m in metrics:
+        key = (m["dataset"], m["method"], m.get("model", ""), m["split"])
+        groups.setdefault(key, []).append(m)
+
+    def order(key):
+        d, meth, model, split = key
+        return (d, split, METHOD_ORDER.index(meth) if meth in METHOD_ORDER else 99, meth, model)
+
+    rows = []
+    for key in sorted(groups, key=order):
+        ms = groups[key]
+        rows.append({"dataset": key[0], "method": key[1] + (f" ({key[2]})" if key[2] else ""), "split": key[3],
+                     "n_labeled": ms[0].get("n_labeled", ""), "seeds": len(ms),
+                     "miou": _mean_std([m["miou"] for m in ms]),
+                     "pl_precision": _mean_std([m.get("pseudo_label_precision") for m in ms]),
+                     "pl_coverage": _mean_std([m.get("pseudo_label_coverage") for m in ms]),
+                     "iters": ms[0].get("iters", ""),
+                     "minutes": f"{np.mean([m.get('train_seconds', 0) for m in ms]) / 60:.1f}"})
+    return rows
+
+
+COLUMNS = [("dataset", "dataset"), ("method", "method"), ("split", "split"), ("n_labeled", "labeled"),
+           ("seeds", "seeds"), ("miou", "mIoU (%)"), ("pl_precision", "PL precision (%)"),
+           ("pl_coverage", "PL coverage (%)"), ("iters", "iters"), ("minutes", "train min")]
+
+
+def report_table(runs_dir: str | Path, csv: bool = False) -> str:
+    """Markdown (or CSV) table of every run below ``runs_dir``; raises ``ConfigError`` if none."""
+    rows = summarize(collect_metrics(runs_dir))
+    if not rows:
+        raise ConfigError(f"{runs_dir}: no metrics.json below this folder")
+    if csv:
+        lines = [",".join(k for k, _ in COLUMNS)] + [",".join(str(r[k]) for k, _ in COLUMNS) for r in rows]
+        return "\n".join(lines)
+    head = "| " + " | ".join(h for _, h in COLUMNS) + " |"
+    sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
+    return "\n".join([head, sep] + ["| " + " | ".join(str(r[k]) for k, _ in COLUMNS) + " |" for r in rows])

@@ -1,0 +1,1 @@
+"""Figures: prediction overlays, per-class IoU, t-SNE of representations with prototypes."""

@@ -1,0 +1,113 @@
+"""Run figures: prediction overlays, per-class IoU bars, the t-SNE scatter with prototypes.
+
+Every function writes one PNG and returns its path; matplotlib runs headless (Agg).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ..data.palette import colorize, palette_array  # noqa: E402
+
+
+def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
+    """float (3, H, W) normalised -> uint8 (H, W, 3)."""
+    x = image.transpose(1, 2, 0) * np.asarray(std) + np.asarray(mean)
+    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
+
+
+def overlays(path, images: list[np.ndarray], targets: list[np.ndarray], preds: list[np.ndarray], dataset: str,
+             num_classes: int, title: str = "") -> Path:
+    """Rows of (image, ground truth, prediction, errors); images uint8 (H, W, 3), maps int (H, W)."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 4, figsize=(8, 2 * n + 0.4), squeeze=False)
+    for i, (im, gt, pr) in enumerate(zip(images, targets, preds)):
+        err = np.where(gt == 255, 0.5, (gt != pr).astype(float))
+        for ax, x, name in zip(axes[i], (im, colorize(gt, dataset, num_classes), colorize(pr, dataset, num_classes),
+                                         err), ("image", "ground truth", "prediction", "errors")):
+            ax.imshow(x, cmap="gray" if x.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def per_class_iou(path, names: list[str], ious: list[float], title: str = "") -> Path:
+    """Horizontal bar chart of per-class IoU (percent), mean marked."""
+    import seaborn as sns
+
+    fig, ax = plt.subplots(figsize=(5, 0.28 * len(names) + 1))
+    sns.barplot(x=ious, y=list(names), ax=ax, color="#4c72b0", orient="h")
+    ax.axvline(float(np.mean(ious)), color="k", ls="--", lw=1, label=f"mIoU {np.mean(ious):.1f}")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("IoU (%)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def tsne_scatter(path, embedding: np.ndarray, labels: np.ndarray, names: list[str], dataset: str,
+                 prototypes: np.ndarray | None = None, wrong: np.ndarray | None = None, title: str = "",
+                 sizes: np.ndarray | None = None, ax=None) -> Path | None:
+    """Scatter of a 2-D embedding coloured by class; prototypes as large outlined stars.
+
+    ``wrong`` (bool (N,)) draws misclassified pixels with a red edge; ``sizes`` sets marker
+    sizes (e.g. PRCL's sigma^2). With ``ax`` given, draws into it and returns None.
+    """
+    pal = palette_array(dataset, len(names)) / 255.0
+    own = ax is None
+    if own:
+        fig, ax = plt.subplots(figsize=(5.5, 5))
+    s = 6 if sizes is None else sizes
+    for k in np.unique(labels):
+        sel = labels == k
+        colour = pal[k] if pal[k].sum() > 0 else np.array([0.35, 0.35, 0.35])
+        ax.scatter(embedding[sel, 0], embedding[sel, 1], s=s if np.isscalar(s) else s[sel], color=colour,
+                   label=names[k], alpha=0.7, linewidths=0)
+    if wrong is not None and wrong.any():
+        ax.scatter(embedding[wrong, 0], embedding[wrong, 1], s=10, facecolors="none", edgecolors="red",
+                   linewidths=0.5, label="wrong")
+    if prototypes is not None:
+        for k, (x, y) in enumerate(prototypes):
+            if np.isfinite(x):
+                colour = pal[k] if pal[k].sum() > 0 else np.array([0.35, 0.35, 0.35])
+                ax.scatter([x], [y], marker="*", s=260, color=colour, edgecolors="black", linewidths=1.2)
+    ax.set_xticks([]), ax.set_yticks([])
+    ax.set_title(title, fontsize=10)
+    if own:
+        ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
+        fig.tight_layout()
+        return _save(fig, path)
+    return None
+
+
+def curves(path, rows: list[dict], keys: list[str], title: str = "", ylabel: str = "") -> Path:
+    """Line plot of ``keys`` of ``log.csv`` rows against ``iter`` (missing values skipped)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for key in keys:
+        pts = [(r["iter"], r[key]) for r in rows if key in r and r[key] == r[key]]
+        if pts:
+            x, y = zip(*pts)
+            ax.plot(x, y, label=key)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,30 @@
+"""Shared fixtures: a small digits dataset built once per session, tiny configs."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from s4kit.data.digits import DigitsSpec, write_digits
+
+# Tests are CPU-only and sized for 2 cores.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+SMALL = DigitsSpec(n_train=128, n_val=32)
+
+
+@pytest.fixture(scope="session")
+def digits_root(tmp_path_factory):
+    """A small digits dataset (128 train / 32 val scenes) in the VOC layout with split files."""
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(root, seed=0, spec=SMALL, progress=False)
+    return root
+
+
+def tiny_overrides(root, run_dir, iters: int = 4) -> list[str]:
+    """Overrides that shrink a digits preset to seconds."""
+    return [f"data.root={root}", f"run.dir={run_dir}", f"train.iters={iters}", "train.batch_labeled=4",
+            "train.batch_unlabeled=4", "train.log_every=2", f"train.checkpoint_every={iters}",
+            "eval.batch_size=16", "viz.tsne_pixels=200", "viz.tsne_iters=50",
+            "viz.overlays=2", "eval.pl_max_images=16", "device=cpu"]

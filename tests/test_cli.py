@@ -1,0 +1,60 @@
+"""The command line: user mistakes print one line and exit 2; commands produce their outputs."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from s4kit.cli import main
+
+from conftest import tiny_overrides
+
+
+def _run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "digits/nosuch"], "unknown preset"),
+    (["train", "digits/reco", "train.itres=3"], "itres"),
+    (["train", "digits/reco", "data.root=/nonexistent/digits", "device=cpu"], "labeled.txt: split file not found"),
+    (["eval", "/nonexistent/run"], "not a run folder"),
+    (["report", "/nonexistent/runs"], "no such folder"),
+    (["data", "mnist"], "only the embedded digits"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(args, message, capsys):
+    code, _, err = _run(args, capsys)
+    assert code == 2
+    assert err.startswith("s4kit: error:") and message in err and "Traceback" not in err
+
+
+def test_empty_split_file_is_reported(digits_root, tmp_path, capsys):
+    splits = tmp_path / "splits"
+    (splits / "1_16").mkdir(parents=True)
+    (splits / "1_16" / "labeled.txt").write_text("")
+    (splits / "1_16" / "unlabeled.txt").write_text("JPEGImages/train_00000.jpg SegmentationClass/train_00000.png\n")
+    code, _, err = _run(["train", "digits/supervised", f"data.root={digits_root}", f"data.splits={splits}",
+                         f"run.dir={tmp_path / 'run'}", "device=cpu"], capsys)
+    assert code == 2 and "labeled.txt: split file is empty" in err
+
+
+def test_train_eval_report(digits_root, tmp_path, capsys):
+    run = tmp_path / "runs" / "a"
+    code, out, _ = _run(["train", "digits/supervised"] + tiny_overrides(digits_root, run), capsys)
+    assert code == 0 and "miou" in out
+    code, out, _ = _run(["eval", str(run)], capsys)
+    assert code == 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "eval.json").read_text())["miou"] == pytest.approx(saved["miou"])
+    code, out, _ = _run(["report", str(tmp_path / "runs")], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("| dataset | method") and "| digits | supervised | 1_16 |" in lines[2]
+    assert f"{saved['miou']:.1f}" in lines[2]
+
+
+def test_console_script_and_module_entry_point(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "s4kit.run", "report", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 2 and "no metrics.json" in res.stderr

@@ -1,0 +1,93 @@
+"""The trainer end to end on the small digits set: run folder, resume, non-finite losses."""
+import json
+
+import pytest
+import torch
+
+from s4kit.config import ConfigError, load_config
+from s4kit.engine import NonFiniteLossError, train
+from s4kit.engine.logger import read_log
+
+from conftest import tiny_overrides
+
+METRIC_KEYS = {"method", "dataset", "split", "n_labeled", "seed", "iters", "miou", "per_class_iou", "pixel_acc",
+               "train_seconds", "images_per_second", "peak_memory_mb", "device", "world_size", "batch_labeled",
+               "batch_unlabeled", "s4kit_version", "git_sha"}
+
+
+def test_run_folder_contents(digits_root, tmp_path):
+    run = tmp_path / "run"
+    metrics = train(load_config("digits/meanteacher", tiny_overrides(digits_root, run)), progress=False)
+    assert METRIC_KEYS | {"pseudo_label_precision", "pseudo_label_coverage"} <= set(metrics)
+    assert json.loads((run / "metrics.json").read_text())["miou"] == pytest.approx(metrics["miou"])
+    assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.pt").exists()
+    for fig in ("predictions", "per_class_iou", "tsne", "losses", "pseudo_labels"):
+        assert (run / "figures" / f"{fig}.png").stat().st_size > 1000
+    rows = read_log(run / "log.csv")
+    assert [r["iter"] for r in rows] == [2, 4]
+    assert {"loss", "loss_sup", "loss_unsup", "lr", "images_per_second", "pl_coverage"} <= set(rows[0])
+    assert len(metrics["per_class_iou"]) == 11 and 0 <= metrics["miou"] <= 100
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_and_resumed_run_ends_with_identical_metrics(digits_root, tmp_path, monkeypatch):
+    common = tiny_overrides(digits_root, tmp_path / "x", iters=6)[2:] + ["train.deterministic=true",
+                                                                       "train.checkpoint_every=3"]
+    full = train(load_config("digits/reco", [f"data.root={digits_root}", f"run.dir={tmp_path / 'full'}"] + common),
+                 progress=False)
+    # kill the run during iteration 5: last.pt holds step 3, the log already has the row of step 4
+    from s4kit.methods.reco import ReCo
+
+    original = ReCo.after_step
+
+    def dies_at_step_4(self, step):
+        if step == 4:
+            raise Killed
+        original(self, step)
+
+    part = tmp_path / "part"
+    monkeypatch.setattr(ReCo, "after_step", dies_at_step_4)
+    with pytest.raises(Killed):
+        train(load_config("digits/reco", [f"data.root={digits_root}", f"run.dir={part}"] + common), progress=False)
+    assert torch.load(part / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
+    assert [r["iter"] for r in read_log(part / "log.csv")] == [2, 4]
+    monkeypatch.setattr(ReCo, "after_step", original)
+    resumed = train(load_config("digits/reco", [f"data.root={digits_root}", f"run.dir={part}"] + common),
+                    progress=False)
+    assert resumed["miou"] == full["miou"] and resumed["per_class_iou"] == full["per_class_iou"]
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)["method"]
+    b = torch.load(part / "checkpoints" / "last.pt", weights_only=False)["method"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k != "images_per_second"} for r in rows]
+
+    assert strip(read_log(tmp_path / "full" / "log.csv")) == strip(read_log(part / "log.csv"))
+
+
+def test_resume_refuses_a_different_config(digits_root, tmp_path):
+    run = tmp_path / "run"
+    train(load_config("digits/supervised", tiny_overrides(digits_root, run, iters=2)), progress=False)
+    with pytest.raises(ConfigError, match="different config.*optim.lr"):
+        train(load_config("digits/supervised", tiny_overrides(digits_root, run, iters=2) + ["optim.lr=0.1"]),
+              progress=False)
+
+
+def test_non_finite_loss_stops_with_iteration_and_value(digits_root, tmp_path, monkeypatch):
+    from s4kit.methods.supervised import Supervised
+
+    original = Supervised.train_step
+
+    def nan_at_second(self, labeled, unlabeled=None):
+        out = original(self, labeled, unlabeled)
+        self._calls = getattr(self, "_calls", 0) + 1
+        if self._calls == 2:
+            out["loss_sup"] = out["loss_sup"] * float("nan")
+        return out
+
+    monkeypatch.setattr(Supervised, "train_step", nan_at_second)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 1.*loss_sup.*nan"):
+        train(load_config("digits/supervised", tiny_overrides(digits_root, tmp_path / "nan")), progress=False)

@@ -28,3 +28,18 @@ def tiny_overrides(root, run_dir, iters: int = 4) -> list[str]:
             "train.batch_unlabeled=4", "train.log_every=2", f"train.checkpoint_every={iters}",
             "eval.batch_size=16", "viz.tsne_pixels=200", "viz.tsne_iters=50",
             "viz.overlays=2", "eval.pl_max_images=16", "device=cpu"]
+
+
+def run_notebook(name: str, out_dir, **parameters):
+    """Execute ``notebooks/<name>`` with papermill (FAST settings are the caller's) and return
+    the executed notebook as a dict. A failing cell raises ``PapermillExecutionError``."""
+    import json
+    from pathlib import Path
+
+    import papermill
+
+    src = Path(__file__).resolve().parents[1] / "notebooks" / name
+    out = Path(out_dir) / name
+    papermill.execute_notebook(str(src), str(out), parameters=parameters, progress_bar=False, kernel_name="python3",
+                               cwd=str(out_dir))
+    return json.loads(out.read_text())

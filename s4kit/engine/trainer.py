@@ -294,6 +294,24 @@ def _evaluate(cfg, method, device) -> dict:
         method.train()
 
 
+class UnlabeledBatches:
+    """Re-iterable eval batches of the unlabeled images (this rank's share), on ``device``."""
+
+    def __init__(self, dataset, device, batch_size: int, max_images: int = 0):
+        self.dataset, self.device, self.batch_size = dataset, device, batch_size
+        self.n = len(dataset) if not max_images else min(max_images, len(dataset))
+
+    def __iter__(self):
+        from .evaluate import _batches
+
+        for batch in _batches(self.dataset, range(dist.rank(), self.n, dist.world_size()), self.batch_size):
+            out = {"image": torch.stack([s["image"] for s in batch]).to(self.device),
+                   "id": [s["id"] for s in batch]}
+            if "hidden_mask" in batch[0]:
+                out["hidden_mask"] = torch.stack([s["hidden_mask"] for s in batch]).to(self.device)
+            yield out
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated, or the process's peak resident set size on CPU (MB)."""
     if device.type == "cuda":
@@ -324,12 +342,18 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
         "batch_unlabeled": cfg.train.batch_unlabeled if method.uses_unlabeled else 0,
         "s4kit_version": __version__, "git_sha": git_sha(),
     }
-    if method.uses_unlabeled and cfg.data.hidden_gt:
+    unlabeled_batches = None
+    if method.uses_unlabeled:
         unl = build_dataset(cfg, "unlabeled", train=False)
-        method.eval()
-        metrics.update(pseudo_label_metrics(method.pseudo_labels, unl, device, method.opts.confidence_threshold,
-                                            cfg.eval.batch_size, cfg.eval.pl_max_images))
-        method.train()
+        unlabeled_batches = UnlabeledBatches(unl, device, cfg.eval.batch_size, cfg.eval.pl_max_images)
+        if cfg.data.hidden_gt:
+            method.eval()
+            metrics.update(pseudo_label_metrics(method.pseudo_labels, unl, device, method.opts.confidence_threshold,
+                                                cfg.eval.batch_size, cfg.eval.pl_max_images))
+            method.train()
+    method.eval()
+    metrics.update(method.final_metrics(unlabeled_batches))
+    method.train()
     if dist.rank() == 0:
         if cfg.viz.enabled:
             from .figures import run_figures

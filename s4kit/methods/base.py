@@ -170,6 +170,18 @@ class Method(nn.Module):
         confidence, labels = self.predict(image).softmax(1).max(1)
         return labels, confidence
 
+    def final_metrics(self, unlabeled_batches) -> dict:
+        """Method-specific entries for ``metrics.json``, computed after training.
+
+        Args:
+            unlabeled_batches: an iterable of unlabeled eval batches (``image`` (B, 3, H, W)
+                on the device, ``hidden_mask`` where the dataset has hidden ground truth),
+                or ``None`` if the method uses no unlabeled data.
+
+        Default: nothing. PRCL reports how well its variance flags wrong pseudo-labels here.
+        """
+        return {}
+
     def prototypes(self) -> torch.Tensor | None:
         """Class prototypes (K, D) the method maintains, or ``None`` (figures then use class means)."""
         return None

@@ -69,9 +69,18 @@ class MeanTeacher(Supervised):
         self.teacher = make_teacher(self.student)
 
     # -- hooks for subclasses ------------------------------------------------------------
-    def refine_pseudo_labels(self, teacher_out: dict, prob: torch.Tensor, confidence: torch.Tensor,
-                             pseudo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """Return ``(pseudo, confidence, diagnostics)`` after the teacher forward. Default: as is."""
+    def refine_pseudo_labels(self, unlabeled: dict, teacher_out: dict, prob: torch.Tensor,
+                             confidence: torch.Tensor, pseudo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Return ``(pseudo, confidence, diagnostics)`` after the teacher forward.
+
+        Args:
+            unlabeled: the unlabeled batch (``hidden_mask`` may be used for diagnostics only).
+            teacher_out: the teacher's raw outputs on the weak view (``logits``, ``rep``, ...).
+            prob: teacher softmax (B, K, H, W) at the crop; confidence, pseudo: (B, H, W).
+
+        Default: unchanged, no diagnostics. CSS intersects logit- and representation-space
+        labels here.
+        """
         return pseudo, confidence, {}
 
     def extra_losses(self, ctx: dict) -> dict:
@@ -97,7 +106,7 @@ class MeanTeacher(Supervised):
             if "valid" in unlabeled:  # crop padding carries no pseudo-label
                 pseudo = pseudo.masked_fill(~unlabeled["valid"], IGNORE_INDEX)
                 confidence = confidence.masked_fill(~unlabeled["valid"], 0.0)
-            pseudo, confidence, logs = self.refine_pseudo_labels(t_out, prob, confidence, pseudo)
+            pseudo, confidence, logs = self.refine_pseudo_labels(unlabeled, t_out, prob, confidence, pseudo)
             if "hidden_mask" in unlabeled:
                 q = pseudo_label_quality(pseudo, confidence, unlabeled["hidden_mask"], self.opts.confidence_threshold)
                 logs.update({f"pl_{k}": v for k, v in q.items() if not math.isnan(v)})

@@ -1,0 +1,35 @@
+"""Notebooks run headlessly under papermill with FAST settings; they are stored without outputs."""
+import json
+from pathlib import Path
+
+import pytest
+
+from s4kit.engine.reproduce import reproduce
+
+from conftest import run_notebook
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.name)
+def test_notebooks_are_stored_without_outputs_and_have_parameters(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    params = [c for c in code if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1
+    src = "".join(params[0]["source"])
+    assert "FAST" in src and "DATA_ROOT" in src
+    assert any("s4kit.__version__" in "".join(c["source"]) for c in code)
+
+
+def test_reproduce_notebook_through_the_cli_function(digits_root, tmp_path):
+    run = tmp_path / "run"
+    out = reproduce("reco", "digits", "1_16", 0, {"FAST": "true", "DATA_ROOT": str(digits_root), "DEVICE": "cpu"},
+                    run)
+    assert out == run / "reproduce.ipynb" and out.exists()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["method"] == "reco" and metrics["iters"] == 12
+    assert (run / "figures" / "tsne.png").exists()
+    nb = json.loads(out.read_text())
+    assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")  # the executed copy keeps them

@@ -93,7 +93,7 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_class
     absent = absent_classes(cm)
     if absent:
         warnings.warn(f"classes {absent} are absent from ground truth and prediction; their IoU counts as 0",
-                      stacklevel=2)
+                      stacklevel=3)
     iou = iou_from_confusion(cm)
     return {"miou": miou(cm), "pixel_acc": pixel_accuracy(cm), "per_class_iou": [float(v * 100) for v in iou],
             "confusion": cm}

@@ -21,16 +21,24 @@ def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
     return (np.clip(x, 0, 1) * 255).round().astype(np.uint8)
 
 
+def error_map(target: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3): wrong pixels red, right ones dark grey, ignored (255) light grey."""
+    out = np.full(target.shape + (3,), 45, np.uint8)
+    out[(pred != target) & (target != 255)] = (220, 30, 30)
+    out[target == 255] = 200
+    return out
+
+
 def overlays(path, images: list[np.ndarray], targets: list[np.ndarray], preds: list[np.ndarray], dataset: str,
              num_classes: int, title: str = "") -> Path:
     """Rows of (image, ground truth, prediction, errors); images uint8 (H, W, 3), maps int (H, W)."""
     n = len(images)
     fig, axes = plt.subplots(n, 4, figsize=(8, 2 * n + 0.4), squeeze=False)
     for i, (im, gt, pr) in enumerate(zip(images, targets, preds)):
-        err = np.where(gt == 255, 0.5, (gt != pr).astype(float))
+        err = error_map(gt, pr)
         for ax, x, name in zip(axes[i], (im, colorize(gt, dataset, num_classes), colorize(pr, dataset, num_classes),
-                                         err), ("image", "ground truth", "prediction", "errors")):
-            ax.imshow(x, cmap="gray" if x.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+                                         err), ("image", "ground truth", "prediction", "errors (red)")):
+            ax.imshow(x, interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([])
             if i == 0:
                 ax.set_title(name, fontsize=9)

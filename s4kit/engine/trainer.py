@@ -233,6 +233,7 @@ def train(cfg, progress: bool = True) -> dict:
         lr = poly_lr(o.lr, t, T, o.power, o.min_lr, o.warmup_iters)
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
+        method.iteration = t
         labeled = _to_device(next(labeled_it), device, channels_last)
         unlabeled = _to_device(next(unlabeled_it), device, channels_last) if unlabeled_it is not None else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):

@@ -9,6 +9,8 @@ knows only this interface (DESIGN.md "Methods"):
 * ``predict(image) -> logits`` (B, K, H, W) at the input resolution, from the evaluation
   model (the EMA teacher where the method has one and ``eval.model=teacher``).
 * ``after_step(step)``: called after every optimiser step (the EMA update).
+* ``iteration`` / ``total_iters``: set by the trainer before each ``train_step`` (0-based
+  iteration, also right after a resume), for loss-weight schedules.
 * ``param_groups()``: optimiser parameter groups (the trainer sets their learning rates).
 
 Batches are dicts: ``image`` float (B, 3, H, W) normalised, ``mask`` int64 (B, H, W) with
@@ -122,6 +124,9 @@ class Method(nn.Module):
         self.num_classes = cfg.data.num_classes
         self.student = build_model(cfg.model, cfg.data.num_classes)
         self.teacher: nn.Module | None = None
+        # the trainer sets ``iteration`` (0-based) before every train_step, also after a resume,
+        # so loss-weight schedules are pure functions of (iteration, total_iters)
+        self.iteration, self.total_iters = 0, int(cfg.train.iters)
 
     # -- interface ---------------------------------------------------------------------
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:  # pragma: no cover - abstract

@@ -36,6 +36,7 @@ class RecoOptions(MeanTeacherOptions):
     num_queries: int = 256  # M_q anchors per class
     num_negatives: int = 512  # M_k negative keys per anchor
     contrast_weight: float = 1.0  # lambda_c
+    contrast_warmup: int = 0  # s4kit option: lambda_c ramps up linearly over this many iterations (ReCo: 0)
     literal_denominator: bool = False  # ReCo-literal (S9) denominator
 
 
@@ -70,4 +71,5 @@ class ReCo(MeanTeacher):
         rep, labels, valid, prob = contrast_inputs(ctx, o.weak_threshold)
         loss = reco_loss(rep, labels, valid, prob, o.strong_threshold, o.temperature, o.num_queries,
                          o.num_negatives, o.literal_denominator)
-        return {"loss_contrast": o.contrast_weight * loss}
+        ramp = min(1.0, (self.iteration + 1) / o.contrast_warmup) if o.contrast_warmup else 1.0
+        return {"loss_contrast": o.contrast_weight * ramp * loss}

@@ -69,6 +69,7 @@ def _report(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of every ``s4kit`` subcommand."""
     p = argparse.ArgumentParser(prog="s4kit", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data", help="build the embedded digits dataset on disk")
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)

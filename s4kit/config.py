@@ -32,6 +32,8 @@ class ConfigError(S4kitError, ValueError):
 
 @dataclass
 class DataConfig:
+    """Where the data lives, which split, and the weak-view geometry."""
+
     dataset: str = "digits"  # digits | pascal | cityscapes
     root: str = "data/digits"
     splits: Optional[str] = None  # default: <root>/splits
@@ -66,6 +68,8 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
+    """The network: DeepLabV3+ on a small CNN or a torchvision ResNet, head widths."""
+
     name: str = "deeplabv3plus"
     backbone: str = "small"  # small | resnet18 | resnet34 | resnet50 | resnet101
     width: int = 32  # small encoder width
@@ -81,6 +85,8 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
+    """Optimiser and the poly schedule (S11)."""
+
     name: str = "adamw"  # sgd | adamw
     lr: float = 5e-3
     momentum: float = 0.9
@@ -95,6 +101,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    """Iterations, batches, seeds, checkpoints and logging."""
+
     iters: int = 800
     seed: int = 0
     batch_labeled: int = 16
@@ -110,6 +118,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    """Evaluation protocol (substrate §8.4)."""
+
     mode: str = "full"  # full | sliding
     window: int = 0  # sliding-window size (0: data.crop_size)
     stride: int = 0  # sliding-window stride (0: floor(2 * window / 3))
@@ -121,6 +131,8 @@ class EvalConfig:
 
 @dataclass
 class VizConfig:
+    """Figures every run writes."""
+
     enabled: bool = True
     overlays: int = 6
     tsne_pixels: int = 2000
@@ -129,11 +141,15 @@ class VizConfig:
 
 @dataclass
 class RunConfig:
+    """The run folder."""
+
     dir: str = "runs/default"
 
 
 @dataclass
 class Config:
+    """The whole configuration of a run; ``method`` holds the method's own options."""
+
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -93,6 +93,7 @@ def run_all(runs: list[tuple[str, str, int, Path]], data: str, jobs: int, max_it
 
 
 def main(argv=None) -> int:
+    """Run the demo (or the results table with ``--seeds 0 1 2``); returns the exit status."""
     from .engine.report import collect_metrics, report_table, summarize
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -16,10 +16,12 @@ def is_distributed() -> bool:
 
 
 def rank() -> int:
+    """This process's rank (0 outside a process group)."""
     return dist.get_rank() if is_distributed() else 0
 
 
 def world_size() -> int:
+    """Number of processes (1 outside a process group)."""
     return dist.get_world_size() if is_distributed() else 1
 
 

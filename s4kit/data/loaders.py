@@ -53,11 +53,13 @@ class IterationBatchSampler(torch.utils.data.Sampler):
 
 
 def train_transform(cfg) -> TrainTransform:
+    """The weak view of ``cfg.data`` (crop, scale range, flip, normalisation)."""
     d = cfg.data
     return TrainTransform(d.crop_size, tuple(d.scale_range), d.flip, tuple(d.mean), tuple(d.std))
 
 
 def eval_transform(cfg) -> EvalTransform:
+    """Normalisation only, for evaluation."""
     return EvalTransform(tuple(cfg.data.mean), tuple(cfg.data.std))
 
 

@@ -36,6 +36,7 @@ class CSVLog:
             self.path.unlink()
 
     def append(self, row: dict) -> None:
+        """Add a row and rewrite the file atomically (rank 0 only)."""
         self.rows.append(row)
         if not self.enabled:
             return

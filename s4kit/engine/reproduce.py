@@ -31,6 +31,7 @@ def _typed(value: str):
 
 
 def default_run_dir(method: str, dataset: str, split: str, seed: int) -> Path:
+    """``runs/<dataset>/<method>/<split>/seed<seed>``."""
     return Path("runs") / dataset / method / split / f"seed{seed}"
 
 

@@ -35,6 +35,8 @@ from .supervised import Supervised, SupervisedOptions
 
 @dataclass
 class MeanTeacherOptions(SupervisedOptions):
+    """Options of ``meanteacher``; ReCo's code values unless a preset says otherwise."""
+
     name: str = "meanteacher"
     ema_alpha: float = 0.99
     ema_buffers: str = "own"  # own (ReCo-literal) | ema | copy

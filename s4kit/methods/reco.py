@@ -29,6 +29,8 @@ from .meanteacher import MeanTeacher, MeanTeacherOptions
 
 @dataclass
 class RecoOptions(MeanTeacherOptions):
+    """Options of ``reco``: ReCo's code values (substrate §5.3) unless a preset says otherwise."""
+
     name: str = "reco"
     weak_threshold: float = 0.7  # delta_w: pseudo-label validity for the contrast
     strong_threshold: float = 0.97  # delta_s: hard-anchor cut

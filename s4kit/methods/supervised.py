@@ -18,6 +18,8 @@ from .base import Method, MethodOptions, register, upsample
 
 @dataclass
 class SupervisedOptions(MethodOptions):
+    """Options of ``supervised`` (the ``method:`` config section)."""
+
     name: str = "supervised"
     sup_loss: str = "ce"  # ce | ohem
     ohem_thresh: float = 0.7

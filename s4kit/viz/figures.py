@@ -81,8 +81,8 @@ def tsne_scatter(path, embedding: np.ndarray, labels: np.ndarray, names: list[st
         ax.scatter(embedding[sel, 0], embedding[sel, 1], s=s if np.isscalar(s) else s[sel], color=colour,
                    label=names[k], alpha=0.7, linewidths=0)
     if wrong is not None and wrong.any():
-        ax.scatter(embedding[wrong, 0], embedding[wrong, 1], s=10, facecolors="none", edgecolors="red",
-                   linewidths=0.5, label="wrong")
+        ax.scatter(embedding[wrong, 0], embedding[wrong, 1], s=14, facecolors="none", edgecolors="red",
+                   linewidths=0.35, alpha=0.6, label="wrongly predicted")
     if prototypes is not None:
         for k, (x, y) in enumerate(prototypes):
             if np.isfinite(x):

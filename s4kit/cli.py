@@ -4,6 +4,7 @@
     s4kit train CONFIG [key=value ...]
     s4kit eval RUN_DIR [key=value ...]
     s4kit reproduce --method M --dataset D --split S [--seed N] [-p KEY VALUE ...] [--out DIR]
+    s4kit viz RUN_DIR [RUN_DIR ...] [--out FILE]
     s4kit report RUNS_DIR [--csv]
 
 A user's mistake (unknown preset or key, missing split file, bad label, ...) prints one
@@ -62,6 +63,15 @@ def _reproduce(args) -> None:
     print(f"executed notebook: {out}")
 
 
+def _viz(args) -> None:
+    from .engine.latent import viz_runs
+
+    results = viz_runs(args.run_dirs, args.out)
+    for run, m in results.items():
+        print(f"{run}: silhouette {m['silhouette']:.3f}, kNN accuracy {m['knn_accuracy']:.1f}%, "
+              f"prototype distance {m['proto_distance']:.3f}")
+
+
 def _report(args) -> None:
     from .engine.report import report_table
 
@@ -94,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="notebook parameter (FAST, MAX_ITERS, DEVICE, DATA_ROOT, OVERRIDES)")
     r.add_argument("--out", default=None, help="run folder (default runs/<dataset>/<method>/<split>/seed<N>)")
     r.set_defaults(fn=_reproduce)
+    v = sub.add_parser("viz", help="latent-space figures and measures from runs' snapshots")
+    v.add_argument("run_dirs", nargs="+")
+    v.add_argument("--out", default=None, help="side-by-side figure (default <parent>/latent_space.png)")
+    v.set_defaults(fn=_viz)
     rep = sub.add_parser("report", help="Markdown table of every metrics.json below RUNS_DIR")
     rep.add_argument("runs_dir")
     rep.add_argument("--csv", action="store_true", help="CSV instead of Markdown")

@@ -137,6 +137,9 @@ class VizConfig:
     overlays: int = 6
     tsne_pixels: int = 2000
     tsne_iters: int = 500
+    snapshots: int = 5  # latent-space snapshots from the first to the last iteration (0: none)
+    snapshot_pixels: int = 2000  # fixed, seeded, class-balanced sample of val pixels
+    snapshot_images: int = 128  # drawn from the first N val images
 
 
 @dataclass

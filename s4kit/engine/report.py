@@ -25,13 +25,14 @@ def collect_metrics(runs_dir: str | Path) -> list[dict]:
     return out
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float], digits: int = 1) -> str:
+    """``mean ± sample std`` (or the single value) of the non-missing values, else a dash."""
     v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
         return "–"
     if len(v) == 1:
-        return f"{v[0]:.1f}"
-    return f"{np.mean(v):.1f} ± {np.std(v, ddof=1):.1f}"
+        return f"{v[0]:.{digits}f}"
+    return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1):.{digits}f}"
 
 
 def summarize(metrics: list[dict]) -> list[dict]:
@@ -53,6 +54,8 @@ def summarize(metrics: list[dict]) -> list[dict]:
                      "miou": _mean_std([m["miou"] for m in ms]),
                      "pl_precision": _mean_std([m.get("pseudo_label_precision") for m in ms]),
                      "pl_coverage": _mean_std([m.get("pseudo_label_coverage") for m in ms]),
+                     "silhouette": _mean_std([m.get("silhouette") for m in ms], 2),
+                     "knn_accuracy": _mean_std([m.get("knn_accuracy") for m in ms]),
                      "iters": ms[0].get("iters", ""),
                      "minutes": f"{np.mean([m.get('train_seconds', 0) for m in ms]) / 60:.1f}"})
     return rows
@@ -60,7 +63,8 @@ def summarize(metrics: list[dict]) -> list[dict]:
 
 COLUMNS = [("dataset", "dataset"), ("method", "method"), ("split", "split"), ("n_labeled", "labeled"),
            ("seeds", "seeds"), ("miou", "mIoU (%)"), ("pl_precision", "PL precision (%)"),
-           ("pl_coverage", "PL coverage (%)"), ("iters", "iters"), ("minutes", "train min")]
+           ("pl_coverage", "PL coverage (%)"), ("silhouette", "silhouette"), ("knn_accuracy", "kNN acc (%)"),
+           ("iters", "iters"), ("minutes", "train min")]
 
 
 def report_table(runs_dir: str | Path, csv: bool = False) -> str:

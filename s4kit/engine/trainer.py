@@ -36,6 +36,7 @@ from ..methods import build_method
 from ..methods.base import unwrap
 from .evaluate import evaluate, pseudo_label_metrics
 from .logger import CSVLog
+from .snapshots import Snapshotter
 
 
 class NonFiniteLossError(S4kitError, FloatingPointError):
@@ -225,6 +226,8 @@ def train(cfg, progress: bool = True) -> dict:
     o, T = cfg.optim, cfg.train.iters
     from tqdm.auto import tqdm
 
+    snap = Snapshotter(cfg, method, device, run_dir, lambda: build_dataset(cfg, "val", train=False)) \
+        if rank == 0 and cfg.viz.snapshots else None
     bar = tqdm(range(start, T), initial=start, total=T, desc=f"{cfg.method.name}", disable=not (progress and rank == 0),
                mininterval=2.0, dynamic_ncols=True)
     tick = time.time()
@@ -254,6 +257,8 @@ def train(cfg, progress: bool = True) -> dict:
             window.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
         window.setdefault("loss", []).append(float(total.detach()))
         step = t + 1
+        if snap is not None:
+            snap(step)
         if step % cfg.train.log_every == 0 or step == T:
             now = time.time()
             train_seconds += now - tick
@@ -355,6 +360,10 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
     method.eval()
     metrics.update(method.final_metrics(unlabeled_batches))
     method.train()
+    if dist.rank() == 0 and cfg.viz.snapshots:
+        from .latent import final_measures
+
+        metrics.update(final_measures(run_dir, seed=cfg.train.seed))
     if dist.rank() == 0:
         if cfg.viz.enabled:
             from .figures import run_figures

@@ -187,6 +187,12 @@ class Method(nn.Module):
         """
         return {}
 
+    def snapshot_extras(self, outputs: dict) -> dict[str, torch.Tensor]:
+        """Per-pixel method-specific maps for latent-space snapshots, each (B, h, w) on the
+        head grid, from the evaluation model's ``outputs`` (PRCL: mean sigma^2; CSS: the
+        indicator weight; RC2L: region id). Default: none."""
+        return {}
+
     def prototypes(self) -> torch.Tensor | None:
         """Class prototypes (K, D) the method maintains, or ``None`` (figures then use class means)."""
         return None

@@ -1,0 +1,170 @@
+"""Latent-space measures and figures from snapshots (``s4kit viz``, notebook 06).
+
+Measures of a representation sample R (N, D) with true labels y (N,) and prototypes P (K, D):
+
+    silhouette  = mean_i (b_i - a_i) / max(a_i, b_i)   with cosine distance (scikit-learn)
+    knn_accuracy = 5-fold cross-validated accuracy of a k-NN classifier (cosine, k = 10)
+    proto_distance = mean_i (1 - cos(r_i, p_{y_i}))    over pixels whose class has a prototype
+
+Higher silhouette and k-NN accuracy and a lower prototype distance mean more compact,
+better separated classes: the property the contrastive papers argue for.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..data.palette import palette_array
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def silhouette(reps: np.ndarray, labels: np.ndarray) -> float:
+    """Cosine silhouette score in [-1, 1] (NaN with fewer than two classes)."""
+    from sklearn.metrics import silhouette_score
+
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    return float(silhouette_score(np.asarray(reps, np.float64), labels, metric="cosine"))
+
+
+def knn_accuracy(reps: np.ndarray, labels: np.ndarray, k: int = 10, folds: int = 5, seed: int = 0) -> float:
+    """Cross-validated k-NN accuracy (percent), cosine metric, stratified folds."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+
+    counts = np.bincount(labels - labels.min())
+    folds = int(min(folds, counts[counts > 0].min()))
+    if folds < 2 or len(np.unique(labels)) < 2:
+        return float("nan")
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    clf = KNeighborsClassifier(n_neighbors=min(k, len(labels) - 1), metric="cosine")
+    return float(cross_val_score(clf, np.asarray(reps, np.float64), labels, cv=cv).mean() * 100)
+
+
+def prototype_distance(reps: np.ndarray, labels: np.ndarray, prototypes: np.ndarray) -> float:
+    """Mean cosine distance of each pixel to its own class prototype (classes without one skipped)."""
+    protos = np.asarray(prototypes, np.float64)
+    ok = np.isfinite(protos).all(1)[labels]
+    if not ok.any():
+        return float("nan")
+    cos = (_unit(reps[ok]) * _unit(protos[labels[ok]])).sum(1)
+    return float(np.mean(1 - cos))
+
+
+def latent_measures(snapshot: dict, labels: np.ndarray, seed: int = 0) -> dict:
+    """``{"silhouette", "knn_accuracy", "proto_distance"}`` of one snapshot."""
+    reps = snapshot["rep"].astype(np.float32)
+    labels = labels.astype(np.int64)
+    return {"silhouette": silhouette(reps, labels), "knn_accuracy": knn_accuracy(reps, labels, seed=seed),
+            "proto_distance": prototype_distance(reps, labels, snapshot["prototypes"].astype(np.float32))}
+
+
+def embed_snapshots(snaps: list[tuple[int, dict]], seed: int = 0, n_iter: int = 500):
+    """One openTSNE embedding fitted on the last snapshot; every snapshot and every set of
+    prototypes placed with its ``transform`` so positions are comparable over training.
+
+    Returns ``[(iteration, points (N, 2), prototypes (K, 2) with NaN rows), ...]``.
+    """
+    from openTSNE import TSNE
+
+    last = snaps[-1][1]
+    n = len(last["rep"])
+    emb = TSNE(perplexity=min(30.0, max(2.0, (n - 1) / 3)), random_state=seed, n_iter=n_iter,
+               verbose=False).fit(_unit(last["rep"]))
+    out = []
+    for it, s in snaps:
+        pts = np.asarray(emb) if s is last else np.asarray(emb.transform(_unit(s["rep"])))
+        protos = s["prototypes"].astype(np.float64)
+        placed = np.full((len(protos), 2), np.nan)
+        ok = np.isfinite(protos).all(1)
+        if ok.any():
+            placed[ok] = np.asarray(emb.transform(_unit(protos[ok])))
+        out.append((it, pts, placed))
+    return out
+
+
+def _draw(ax, pts, protos, labels, pred, names, dataset, sizes=None, colour_by="class"):
+    pal = palette_array(dataset, len(names)) / 255.0
+    pal = np.where(pal.sum(1, keepdims=True) > 0, pal, 0.35)
+    if colour_by == "error":
+        colours = np.where((pred != labels)[:, None], [[0.85, 0.1, 0.1]], [[0.75, 0.75, 0.75]])
+    elif colour_by == "prediction":
+        colours = pal[pred.astype(np.int64)]
+    else:
+        colours = pal[labels.astype(np.int64)]
+    s = 5 if sizes is None else sizes
+    ax.scatter(pts[:, 0], pts[:, 1], c=colours, s=s, linewidths=0, alpha=0.75)
+    if colour_by == "class":
+        wrong = pred != labels
+        ax.scatter(pts[wrong, 0], pts[wrong, 1], s=12, facecolors="none", edgecolors="red", linewidths=0.3, alpha=0.5)
+    for k, (x, y) in enumerate(protos):
+        if np.isfinite(x):
+            ax.scatter([x], [y], marker="*", s=200, color=pal[k], edgecolors="black", linewidths=1.0)
+    ax.set_xticks([]), ax.set_yticks([])
+
+
+def sigma_sizes(snapshot: dict) -> np.ndarray | None:
+    """Marker sizes from PRCL's sigma^2 extra (larger variance, larger marker), if present."""
+    key = next((k for k in snapshot if k.startswith("extra_sigma")), None)
+    if key is None:
+        return None
+    v = snapshot[key].astype(np.float64)
+    rng = v.max() - v.min()
+    return 3 + 30 * (v - v.min()) / (rng if rng > 0 else 1)
+
+
+def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str = "") -> Path:
+    """One panel per snapshot in a single embedding (``embed_snapshots``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(embedded), figsize=(3.2 * len(embedded), 3.4), squeeze=False)
+    final = embedded[-1][1]
+    lo, hi = final.min(0), final.max(0)
+    pad = 0.08 * (hi - lo)
+    for ax, (it, pts, protos), (_, s) in zip(axes[0], embedded, snaps):
+        _draw(ax, pts, protos, labels, s["pred"], names, dataset, sigma_sizes(s))
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])  # one frame for all panels: positions are comparable
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_title(f"iteration {it}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def comparison_figure(path, panels: list[dict], names, dataset) -> Path:
+    """Final embeddings side by side: each panel dict has ``title``, ``points``, ``prototypes``,
+    ``labels``, ``pred`` and optional ``sizes``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(panels)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.6 * rows + 0.3), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    for ax, p in zip(axes.flat, panels):
+        _draw(ax, p["points"], p["prototypes"], p["labels"], p["pred"], names, dataset, p.get("sizes"))
+        ax.set_title(p["title"], fontsize=9)
+    fig.suptitle("final val-pixel representations (t-SNE); stars: prototypes; red rings: wrong predictions",
+                 fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -167,7 +167,8 @@ class Config:
 
 # FAST: every heavy step shrunk to seconds (notebook tests, smoke checks); MAX_ITERS can override iters.
 FAST_OVERRIDES = ["train.iters=12", "train.log_every=4", "train.checkpoint_every=12", "eval.max_images=64",
-                  "eval.pl_max_images=64", "viz.overlays=3", "viz.tsne_pixels=300", "viz.tsne_iters=100"]
+                  "eval.pl_max_images=64", "viz.overlays=3", "viz.tsne_pixels=300", "viz.tsne_iters=100",
+                  "viz.snapshot_pixels=500", "viz.snapshot_images=32"]
 
 
 def preset_path(name: str) -> Path:

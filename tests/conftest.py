@@ -27,6 +27,7 @@ def tiny_overrides(root, run_dir, iters: int = 4) -> list[str]:
     return [f"data.root={root}", f"run.dir={run_dir}", f"train.iters={iters}", "train.batch_labeled=4",
             "train.batch_unlabeled=4", "train.log_every=2", f"train.checkpoint_every={iters}",
             "eval.batch_size=16", "viz.tsne_pixels=200", "viz.tsne_iters=50",
+            "viz.snapshot_pixels=300", "viz.snapshot_images=16",
             "viz.overlays=2", "eval.pl_max_images=16", "device=cpu"]
 
 

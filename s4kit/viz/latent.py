@@ -75,7 +75,7 @@ def embed_snapshots(snaps: list[tuple[int, dict]], seed: int = 0, n_iter: int = 
     last = snaps[-1][1]
     n = len(last["rep"])
     emb = TSNE(perplexity=min(30.0, max(2.0, (n - 1) / 3)), random_state=seed, n_iter=n_iter,
-               verbose=False).fit(_unit(last["rep"]))
+               early_exaggeration_iter=min(250, n_iter), verbose=False).fit(_unit(last["rep"]))
     out = []
     for it, s in snaps:
         pts = np.asarray(emb) if s is last else np.asarray(emb.transform(_unit(s["rep"])))

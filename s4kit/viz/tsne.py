@@ -41,7 +41,8 @@ def tsne_embed(reps: np.ndarray, prototypes: np.ndarray | None = None, seed: int
     """2-D openTSNE embedding of ``reps`` (N, D) and, if given, of ``prototypes`` (K, D).
 
     Representations are L2-normalised first (the losses compare directions, by cosine).
-    ``n_iter`` is openTSNE's number of optimisation steps after early exaggeration.
+    ``n_iter`` is openTSNE's number of optimisation steps after early exaggeration (which
+    runs min(250, n_iter) steps; openTSNE's defaults are 250 + 500).
     Returns ``(embedding (N, 2), prototype_positions (K, 2) or None, the TSNEEmbedding)``.
     """
     from openTSNE import TSNE
@@ -51,6 +52,6 @@ def tsne_embed(reps: np.ndarray, prototypes: np.ndarray | None = None, seed: int
 
     perplexity = min(perplexity, max(2.0, (len(reps) - 1) / 3))
     emb = TSNE(n_components=2, perplexity=perplexity, metric="euclidean", random_state=seed, n_jobs=n_jobs,
-               n_iter=n_iter, verbose=False).fit(norm(reps).astype(np.float64))
+               n_iter=n_iter, early_exaggeration_iter=min(250, n_iter), verbose=False).fit(norm(reps).astype(np.float64))
     protos = None if prototypes is None else np.asarray(emb.transform(norm(prototypes).astype(np.float64)))
     return np.asarray(emb), protos, emb

@@ -216,8 +216,7 @@ def train(cfg, progress: bool = True) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         start, best, train_seconds = state["step"], state.get("best", best), state.get("train_seconds", 0.0)
         window = state.get("log_window", {})  # losses of iterations since the last log row
-        rank_rng = ckpt_path.with_name(f"rng_rank{rank}.pt")
-        _set_rng_state(torch.load(rank_rng, weights_only=False) if rank and rank_rng.exists() else state["rng"])
+        _set_rng_state(state["rng"])
         if rank == 0:
             print(f"resuming {run_dir} from iteration {start}", file=sys.stderr)
     log = CSVLog(run_dir / "log.csv", keep_until=start, enabled=rank == 0)
@@ -280,8 +279,6 @@ def train(cfg, progress: bool = True) -> dict:
             if rank == 0:
                 save_checkpoint(ckpt_path, method, optimizer, step,
                                 {"best": best, "train_seconds": train_seconds, "log_window": window})
-            else:  # every rank resumes with its own random stream
-                torch.save(_rng_state(), ckpt_path.with_name(f"rng_rank{rank}.pt"))
     bar.close()
     return finalize(cfg, method, device, run_dir, best, train_seconds)
 

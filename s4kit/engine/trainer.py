@@ -206,6 +206,7 @@ def train(cfg, progress: bool = True) -> dict:
         method.student = torch.nn.parallel.DistributedDataParallel(
             method.student, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False, find_unused_parameters=not method.uses_representation)
+        dist.broadcast_state(method)  # the teacher (built before the wrap) and buffers start as rank 0's
     optimizer = build_optimizer(cfg, method.param_groups())
 
     start, best, train_seconds = 0, {"miou": -1.0, "iter": 0}, 0.0
@@ -276,6 +277,7 @@ def train(cfg, progress: bool = True) -> dict:
         if step % cfg.train.checkpoint_every == 0 or step == T:
             train_seconds += time.time() - tick
             tick = time.time()
+            dist.broadcast_state(method, buffers_only=True)  # every rank holds the saved model
             if rank == 0:
                 save_checkpoint(ckpt_path, method, optimizer, step,
                                 {"best": best, "train_seconds": train_seconds, "log_window": window})
@@ -290,6 +292,12 @@ def _images_per_iter(cfg, method) -> int:
 
 
 def _evaluate(cfg, method, device) -> dict:
+    """mIoU of the method's evaluation model on ``cfg``'s val set (every rank takes a share).
+
+    Rank-local buffers (BatchNorm statistics of the student and teacher) are first copied
+    from rank 0, so the ranks evaluate one model, the one rank 0 saves in ``last.pt``.
+    """
+    dist.broadcast_state(method, buffers_only=True)
     e = cfg.eval
     val = build_dataset(cfg, "val", train=False)
     method.eval()

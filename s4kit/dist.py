@@ -50,6 +50,35 @@ def all_gather_cat(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([o[:s] for o, s in zip(out, sizes)])
 
 
+def broadcast_state(module: torch.nn.Module, src: int = 0, buffers_only: bool = False) -> None:
+    """Copy ``module``'s parameters and buffers (or only its buffers) from rank ``src`` to
+    every rank, in place.
+
+    DDP keeps the *parameters* of the module it wraps equal on every rank, but not what it
+    does not wrap (an EMA teacher built before the wrap from a rank-local initialisation) nor
+    rank-local buffers (BatchNorm running statistics with ``broadcast_buffers=False`` and
+    no SyncBN, as on CPU). The trainer calls this once after wrapping (everything) and
+    before every evaluation and checkpoint (buffers), so that every rank evaluates, and
+    rank 0 saves, the same model; mmsegmentation's ``DistEvalHook(broadcast_bn_buffer=True)``
+    does the same before evaluating. The identity outside a process group.
+    """
+    if not is_distributed():
+        return
+    tensors = list(module.buffers()) if buffers_only else list(module.parameters()) + list(module.buffers())
+    with torch.no_grad():
+        for t in tensors:
+            dist.broadcast(t.data, src=src)
+
+
+def all_gather_object(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (``[obj]`` outside a process group); picklable objects."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj, src: int = 0):
     """Broadcast a picklable object from ``src`` to every rank."""
     if not is_distributed():

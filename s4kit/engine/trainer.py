@@ -163,7 +163,11 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def save_checkpoint(path: Path, method, optimizer, step: int, extra: dict) -> None:
-    """Atomic write of everything a resume needs."""
+    """Atomic write of everything a resume needs.
+
+    ``rng`` is this process's RNG state; under DDP the trainer adds ``rng_per_rank`` (every
+    rank's, gathered) so each rank resumes its own random stream (see ``_resume_rng``).
+    """
     state = {"step": step, "method": unwrap_state(method), "optimizer": optimizer.state_dict(),
              "rng": _rng_state(), **extra}
     tmp = path.with_suffix(".tmp")
@@ -174,6 +178,21 @@ def save_checkpoint(path: Path, method, optimizer, step: int, extra: dict) -> No
 def unwrap_state(method) -> dict:
     """The method's state_dict with DDP's ``module.`` wrapper removed from the student keys."""
     return {k.replace("student.module.", "student."): v for k, v in method.state_dict().items()}
+
+
+def _resume_rng(state: dict, rank: int, world: int) -> dict:
+    """The RNG state rank ``rank`` of ``world`` resumes with: its own if the checkpoint holds
+    one per rank for this world size, else the saved (rank 0's) one, with a warning when
+    world > 1 (the run then goes on, but not as an uninterrupted run would)."""
+    per_rank = state.get("rng_per_rank")
+    if per_rank is not None and len(per_rank) == world:
+        return per_rank[rank]
+    if world > 1 and rank == 0:
+        import warnings
+
+        warnings.warn(f"checkpoint holds RNG states for {len(per_rank) if per_rank else 1} rank(s), resuming with "
+                      f"{world}: every rank continues rank 0's random stream", stacklevel=2)
+    return state["rng"]
 
 
 def load_method_state(method, state: dict) -> None:
@@ -206,6 +225,7 @@ def train(cfg, progress: bool = True) -> dict:
         method.student = torch.nn.parallel.DistributedDataParallel(
             method.student, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False, find_unused_parameters=not method.uses_representation)
+        dist.broadcast_state(method)  # the teacher (built before the wrap) and buffers start as rank 0's
     optimizer = build_optimizer(cfg, method.param_groups())
 
     start, best, train_seconds = 0, {"miou": -1.0, "iter": 0}, 0.0
@@ -216,7 +236,7 @@ def train(cfg, progress: bool = True) -> dict:
         optimizer.load_state_dict(state["optimizer"])
         start, best, train_seconds = state["step"], state.get("best", best), state.get("train_seconds", 0.0)
         window = state.get("log_window", {})  # losses of iterations since the last log row
-        _set_rng_state(state["rng"])
+        _set_rng_state(_resume_rng(state, rank, world))
         if rank == 0:
             print(f"resuming {run_dir} from iteration {start}", file=sys.stderr)
     log = CSVLog(run_dir / "log.csv", keep_until=start, enabled=rank == 0)
@@ -276,9 +296,12 @@ def train(cfg, progress: bool = True) -> dict:
         if step % cfg.train.checkpoint_every == 0 or step == T:
             train_seconds += time.time() - tick
             tick = time.time()
+            dist.broadcast_state(method, buffers_only=True)  # every rank holds the saved model
+            extra = {"best": best, "train_seconds": train_seconds, "log_window": window}
+            if world > 1:  # each rank draws its own augmentations and samples: keep every stream
+                extra["rng_per_rank"] = dist.all_gather_object(_rng_state())
             if rank == 0:
-                save_checkpoint(ckpt_path, method, optimizer, step,
-                                {"best": best, "train_seconds": train_seconds, "log_window": window})
+                save_checkpoint(ckpt_path, method, optimizer, step, extra)
     bar.close()
     return finalize(cfg, method, device, run_dir, best, train_seconds)
 
@@ -290,6 +313,12 @@ def _images_per_iter(cfg, method) -> int:
 
 
 def _evaluate(cfg, method, device) -> dict:
+    """mIoU of the method's evaluation model on ``cfg``'s val set (every rank takes a share).
+
+    Rank-local buffers (BatchNorm statistics of the student and teacher) are first copied
+    from rank 0, so the ranks evaluate one model, the one rank 0 saves in ``last.pt``.
+    """
+    dist.broadcast_state(method, buffers_only=True)
     e = cfg.eval
     val = build_dataset(cfg, "val", train=False)
     method.eval()

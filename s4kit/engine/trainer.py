@@ -264,7 +264,7 @@ def train(cfg, progress: bool = True) -> dict:
         losses = {k: v for k, v in out.items() if k.startswith("loss")}
         total = sum(v.float() for v in losses.values())
         if not torch.isfinite(total):
-            bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+            bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach())}
             raise NonFiniteLossError(f"iteration {t}: non-finite loss {bad} in run {run_dir} "
                                      f"(last checkpoint: {ckpt_path if ckpt_path.exists() else 'none'})")
         optimizer.zero_grad(set_to_none=True)

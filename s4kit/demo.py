@@ -126,6 +126,14 @@ def main(argv=None) -> int:
         for r in rows:
             r["miou"] = float(r["miou"].split(" ")[0])
         results_figure(rows, fig_dir / "results.png")
+        # issue 7: the latent space of every method side by side (t-SNE of the final snapshots)
+        from .engine.latent import viz_runs
+
+        t1 = time.time()
+        viz_runs([r[3] for r in runs if r[2] == seed], out / "latent_space.png")
+        shutil.copy(out / "latent_space.png", fig_dir / "latent_space.png")
+        print(f"[demo] s4kit viz over {len([r for r in runs if r[2] == seed])} runs in {time.time() - t1:.0f} s",
+              flush=True)
         print(f"[demo] figures in {fig_dir}/", flush=True)
     print(f"[demo] finished in {time.time() - t0:.0f} s", flush=True)
     return 0

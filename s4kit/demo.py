@@ -24,9 +24,9 @@ FIGURES = {("reco_1_16", "tsne.png"): "tsne_reco.png", ("reco_1_16", "prediction
 
 def results_figure(rows: list[dict], path: Path) -> Path:
     """Bar chart of mIoU per method (mean over seeds with the individual seeds as dots)."""
-    import matplotlib
+    from .viz.figures import use_headless_backend
 
-    matplotlib.use("Agg")
+    use_headless_backend()
     import matplotlib.pyplot as plt
     import seaborn as sns
 

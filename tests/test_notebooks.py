@@ -49,3 +49,27 @@ def test_teaching_notebooks_rebuild_the_library(name, checks, digits_root, tmp_p
     text = json.dumps(nb)
     for check in checks:
         assert check in text, check
+    # every figure cell shows its figure (the pictures are the point of these notebooks)
+    figure_cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "plt.subplots" in "".join(c["source"])]
+    shown = [c for c in figure_cells if any("image/png" in o.get("data", {}) for o in c["outputs"])]
+    assert figure_cells and len(shown) == len(figure_cells)
+
+
+def test_library_figures_keep_a_notebooks_inline_backend(monkeypatch):
+    """Training inside a notebook writes run figures; that must not switch the kernel's
+    matplotlib backend to Agg, or the notebook's later figures silently stop showing."""
+    import sys
+    import types
+
+    import matplotlib
+
+    from s4kit.viz.figures import use_headless_backend
+
+    calls = []
+    monkeypatch.setattr(matplotlib, "use", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    use_headless_backend()
+    assert calls == []
+    monkeypatch.delitem(sys.modules, "ipykernel")
+    use_headless_backend()
+    assert calls == [("Agg",)]

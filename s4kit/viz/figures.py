@@ -1,14 +1,24 @@
 """Run figures: prediction overlays, per-class IoU bars, the t-SNE scatter with prototypes.
 
-Every function writes one PNG and returns its path; matplotlib runs headless (Agg).
+Every function writes one PNG and returns its path and closes its figure; outside a
+notebook matplotlib runs headless (Agg).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+
+def use_headless_backend() -> None:
+    """Switch matplotlib to Agg, except inside a Jupyter kernel, whose inline backend must
+    survive a training run so that the notebook's own figures still show."""
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
+
+
+use_headless_backend()
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 

@@ -120,9 +120,9 @@ def sigma_sizes(snapshot: dict) -> np.ndarray | None:
 
 def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str = "") -> Path:
     """One panel per snapshot in a single embedding (``embed_snapshots``)."""
-    import matplotlib
+    from .figures import use_headless_backend
 
-    matplotlib.use("Agg")
+    use_headless_backend()
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(embedded), figsize=(3.2 * len(embedded), 3.4), squeeze=False)
@@ -146,9 +146,9 @@ def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str =
 def comparison_figure(path, panels: list[dict], names, dataset) -> Path:
     """Final embeddings side by side: each panel dict has ``title``, ``points``, ``prototypes``,
     ``labels``, ``pred`` and optional ``sizes``."""
-    import matplotlib
+    from .figures import use_headless_backend
 
-    matplotlib.use("Agg")
+    use_headless_backend()
     import matplotlib.pyplot as plt
 
     n = len(panels)

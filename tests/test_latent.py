@@ -78,3 +78,38 @@ def test_snapshots_are_deterministic_small_and_prototypes_land_where_transform_p
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert m["silhouette"] == pytest.approx(results[str(tmp_path / "a")]["silhouette"])
     assert {"knn_accuracy", "proto_distance"} <= set(m)
+
+
+def test_snapshots_of_val_images_of_different_sizes(digits_root, tmp_path):
+    """VOC val images differ in size: every snapshot pixel holds the representation of its
+    own image at its own (row, column) on the head grid."""
+    import torch
+
+    from s4kit.data.loaders import build_dataset
+    from s4kit.engine.snapshots import choose_pixels, take_snapshot
+    from s4kit.methods import build_method
+
+    cfg = load_config("digits/supervised", tiny_overrides(digits_root, tmp_path) + ["viz.snapshot_images=6",
+                                                                                    "viz.snapshot_pixels=120"])
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    val = build_dataset(cfg, "val", train=False)
+
+    class Ragged(torch.utils.data.Dataset):  # image i loses 8 * (i % 3) rows
+        def __len__(self):
+            return len(val)
+
+        def __getitem__(self, i):
+            s = dict(val[i])
+            keep = 32 - 8 * (i % 3)
+            s["image"], s["mask"] = s["image"][:, :keep], s["mask"][:keep]
+            return s
+
+    data = Ragged()
+    pixels = choose_pixels(cfg, method, torch.device("cpu"), data)
+    assert len(set(pixels["image"].tolist())) > 1
+    snap = dict(np.load(take_snapshot(cfg, method, torch.device("cpu"), data, pixels, tmp_path / "s.npz")))
+    for p in range(0, len(pixels["label"]), 17):
+        out = method.forward_eval(data[int(pixels["image"][p])]["image"][None])
+        expected = out["feat"][0, :, int(pixels["row"][p]), int(pixels["col"][p])]
+        np.testing.assert_allclose(snap["rep"][p], expected.numpy().astype(np.float16), rtol=1e-3, atol=1e-3)

@@ -84,10 +84,14 @@ def take_snapshot(cfg, method, device, dataset, pixels: dict, path: Path) -> Pat
     r, c = pixels["row"].astype(np.int64), pixels["col"].astype(np.int64)
 
     def gather(maps):
-        stacked = torch.stack(maps)  # (n_images, [D,] h, w)
-        if stacked.dim() == 4:
-            return stacked[j, :, r, c].numpy()
-        return stacked[j, r, c].numpy()
+        """Per-image maps ([D,] h_i, w_i) (val images may differ in size) -> (N, [D]) in pixel order."""
+        first = maps[0]
+        out = torch.empty((len(j),) + tuple(first.shape[:-2]), dtype=first.dtype)
+        for k, m in enumerate(maps):
+            sel = torch.from_numpy(np.nonzero(j == k)[0])
+            picked = m[..., torch.from_numpy(r[sel.numpy()]), torch.from_numpy(c[sel.numpy()])]  # ([D,] n)
+            out[sel] = picked.T if m.dim() == 3 else picked
+        return out.numpy()
 
     rep = gather(fw["rep"])
     protos = method.prototypes()

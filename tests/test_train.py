@@ -27,6 +27,9 @@ def test_run_folder_contents(digits_root, tmp_path):
     assert [r["iter"] for r in rows] == [2, 4]
     assert {"loss", "loss_sup", "loss_unsup", "lr", "images_per_second", "pl_coverage"} <= set(rows[0])
     assert len(metrics["per_class_iou"]) == 11 and 0 <= metrics["miou"] <= 100
+    # 4 iterations, snapshots after iterations 1, 2, 3, 4: their time is measured and part of training time
+    assert len(list((run / "snapshots").glob("iter_*.npz"))) == 4
+    assert 0 < metrics["snapshot_seconds"] < metrics["train_seconds"]
 
 
 class Killed(Exception):

@@ -13,6 +13,7 @@ A few MB per run. ``s4kit viz`` and notebook 06 read them back (``load_snapshots
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +119,13 @@ class Snapshotter:
         self.dir = Path(run_dir) / "snapshots"
         self.at = set(snapshot_iterations(cfg.train.iters, cfg.viz.snapshots))
         self.dataset_fn, self._dataset, self._pixels = dataset_fn, None, None
+        self.seconds = 0.0  # wall time spent on snapshots (restored on resume by the trainer)
 
     def __call__(self, step: int) -> None:
         """``step``: iterations done (1-based)."""
         if step not in self.at:
             return
+        t0 = time.time()
         if self._dataset is None:
             self._dataset = self.dataset_fn()
             px = self.dir / "pixels.npz"
@@ -134,6 +137,7 @@ class Snapshotter:
                 np.savez(px, **self._pixels)
         take_snapshot(self.cfg, self.method, self.device, self._dataset, self._pixels,
                       self.dir / f"iter_{step:06d}.npz")
+        self.seconds += time.time() - t0
 
 
 def load_snapshots(run_dir: str | Path) -> tuple[dict, list[tuple[int, dict]]]:

@@ -248,6 +248,8 @@ def train(cfg, progress: bool = True) -> dict:
 
     snap = Snapshotter(cfg, method, device, run_dir, lambda: build_dataset(cfg, "val", train=False)) \
         if rank == 0 and cfg.viz.snapshots else None
+    if snap is not None and ckpt_path.exists():
+        snap.seconds = state.get("snapshot_seconds", 0.0)
     bar = tqdm(range(start, T), initial=start, total=T, desc=f"{cfg.method.name}", disable=not (progress and rank == 0),
                mininterval=2.0, dynamic_ncols=True)
     tick = time.time()
@@ -297,13 +299,14 @@ def train(cfg, progress: bool = True) -> dict:
             train_seconds += time.time() - tick
             tick = time.time()
             dist.broadcast_state(method, buffers_only=True)  # every rank holds the saved model
-            extra = {"best": best, "train_seconds": train_seconds, "log_window": window}
+            extra = {"best": best, "train_seconds": train_seconds, "log_window": window,
+                     "snapshot_seconds": snap.seconds if snap is not None else 0.0}
             if world > 1:  # each rank draws its own augmentations and samples: keep every stream
                 extra["rng_per_rank"] = dist.all_gather_object(_rng_state())
             if rank == 0:
                 save_checkpoint(ckpt_path, method, optimizer, step, extra)
     bar.close()
-    return finalize(cfg, method, device, run_dir, best, train_seconds)
+    return finalize(cfg, method, device, run_dir, best, train_seconds, snap.seconds if snap is not None else 0.0)
 
 
 def _images_per_iter(cfg, method) -> int:
@@ -356,8 +359,11 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: float) -> dict:
-    """Final evaluation, pseudo-label metrics, figures and ``metrics.json``."""
+def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: float,
+             snapshot_seconds: float = 0.0) -> dict:
+    """Final evaluation, pseudo-label metrics, figures and ``metrics.json``.
+
+    ``snapshot_seconds``: the part of ``train_seconds`` spent on latent-space snapshots."""
     from ..data.datasets import CLASS_NAMES
 
     result = _evaluate(cfg, method, device)
@@ -370,7 +376,7 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
         "miou": result["miou"], "per_class_iou": dict(zip(names, result["per_class_iou"])),
         "pixel_acc": result["pixel_acc"], "best_miou": max(best["miou"], result["miou"]),
         "best_iter": best["iter"] if best["miou"] > result["miou"] else cfg.train.iters,
-        "train_seconds": train_seconds,
+        "train_seconds": train_seconds, "snapshot_seconds": snapshot_seconds,
         "images_per_second": _images_per_iter(cfg, method) * cfg.train.iters / max(train_seconds, 1e-9),
         "peak_memory_mb": peak_memory_mb(device), "device": str(device.type), "world_size": dist.world_size(),
         "batch_labeled": cfg.train.batch_labeled,

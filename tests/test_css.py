@@ -221,3 +221,55 @@ def test_degenerate_temperature_warns(digits_root, tmp_path):
         _method(digits_root, tmp_path, "method.rep_temperature=0.5", "method.strong_threshold=0.9")
     with pytest.raises(ValueError, match="strategy"):
         _method(digits_root, tmp_path, "method.strategy=both")
+
+
+# -- DDP: prototypes identical on every rank ---------------------------------------------------
+def _proto_worker(rank, world, init_file, out_dir):
+    import types
+
+    import torch.distributed as tdist
+
+    from s4kit.methods.css import CSS
+
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for sync in ("global", "local_literal"):
+            fake = types.SimpleNamespace(proto=torch.zeros(3, 2), proto_seen=torch.zeros(3, dtype=torch.bool),
+                                         num_classes=3, opts=types.SimpleNamespace(proto_sync=sync, proto_momentum=0.99))
+            # rank 0 sees class 0 only, rank 1 classes 0 and 1: (B=1, D=2, h=1, w=2)
+            rep = (torch.tensor([[[[1.0, 3.0]], [[0.0, 0.0]]]]) if rank == 0
+                   else torch.tensor([[[[5.0, 0.0]], [[0.0, 7.0]]]]))
+            labels = torch.tensor([[[0, 0]]]) if rank == 0 else torch.tensor([[[0, 1]]])
+            CSS.update_prototypes(fake, rep, labels, torch.ones(1, 1, 2, dtype=torch.bool))
+            torch.save(fake.proto, f"{out_dir}/proto_{sync}_{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_prototypes_are_synchronised_across_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_proto_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    g0, g1, l0, l1 = (torch.load(tmp_path / f"proto_{s}_{r}.pt") for s in ("global", "local_literal") for r in (0, 1))
+    # global: class 0 is the mean of (1,0), (3,0), (5,0) over both ranks; class 1 is seen on rank 1 only
+    assert torch.equal(g0, g1) and torch.equal(g0, torch.tensor([[3.0, 0.0], [0.0, 7.0], [0.0, 0.0]]))
+    # local_literal (the official code): each rank its own batch means
+    assert torch.equal(l0, torch.tensor([[2.0, 0.0], [0.0, 0.0], [0.0, 0.0]]))
+    assert torch.equal(l1, torch.tensor([[5.0, 0.0], [0.0, 7.0], [0.0, 0.0]]))
+
+
+def test_final_metrics_per_label_source(digits_root, tmp_path):
+    method, _, unlabeled = _method(digits_root, tmp_path)
+    _seed_prototypes(method)
+    batch = {"image": unlabeled["image"], "hidden_mask": unlabeled["hidden_mask"]}
+    m = method.final_metrics([batch])
+    s = label_spaces(method.forward_eval(batch["image"]), method.proto, 0.25, batch["image"].shape[-2:])
+    y, q = s["y_mix"], s["q_logit"].masked_fill(s["y_mix"] == 255, 0.0)
+    hidden = batch["hidden_mask"]
+    kept = (hidden != 255) & (q >= 0.8)
+    if kept.any():
+        assert m["pseudo_label_precision_mix"] == pytest.approx(100 * float(((y == hidden) & kept).sum()) / float(kept.sum()))
+    assert m["pseudo_label_coverage_mix"] == pytest.approx(100 * float(kept.sum()) / float((hidden != 255).sum()))
+    assert m["pseudo_label_coverage_mix"] <= m["pseudo_label_coverage_logit"]
+    assert set(m) == {f"pseudo_label_{k}_{s}" for k in ("precision", "coverage", "miou") for s in ("logit", "rep", "mix")}

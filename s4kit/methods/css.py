@@ -156,30 +156,37 @@ class CSS(ReCo):
 
     @torch.no_grad()
     def final_metrics(self, unlabeled_batches) -> dict:
-        """``pseudo_label_{precision,coverage}_{logit,rep,mix}`` of the final teacher on the
-        unlabeled train images with hidden ground truth (percent; see ``train_step``)."""
+        """Per label source (``logit``, ``rep``, ``mix``), of the final teacher on the
+        unlabeled train images with hidden ground truth, in percent:
+        ``pseudo_label_precision_<src>`` and ``pseudo_label_coverage_<src>`` (as in
+        ``train_step``) and ``pseudo_label_miou_<src>``, the mIoU of the pixels above the
+        threshold against the ground truth (the paper's Table 5 measure, "pseudo-label
+        mIoU after sampling"). Empty without hidden ground truth."""
         if unlabeled_batches is None:
             return {}
-        counts: dict[str, list[int]] = {}
+        from ..metrics import confusion_matrix, miou
+
+        k = self.num_classes
+        cms = {name: torch.zeros(k, k, dtype=torch.int64) for name in ("logit", "rep", "mix")}  # same keys on every rank
+        n_valid = torch.zeros((), dtype=torch.int64)
         for batch in unlabeled_batches:
             if "hidden_mask" not in batch:
                 return {}
             s = label_spaces(self.forward_eval(batch["image"]), self.proto, self.opts.rep_temperature,
                              batch["image"].shape[-2:])
             hidden = batch["hidden_mask"]
-            valid = hidden != IGNORE_INDEX
+            n_valid += int((hidden != IGNORE_INDEX).sum())
             for name, (y, q) in self._sources(s).items():
-                conf = valid & (q >= self.opts.confidence_threshold)
-                c = counts.setdefault(name, [0, 0, 0])
-                c[0] += int((conf & (y == hidden)).sum())
-                c[1] += int(conf.sum())
-                c[2] += int(valid.sum())
-        totals = {k: torch.tensor(v, dtype=torch.float64) for k, v in counts.items()}
+                kept = hidden.masked_fill(q < self.opts.confidence_threshold, IGNORE_INDEX)
+                cms[name] += confusion_matrix(y, kept, k)
+        n = float(dist.all_reduce_sum(n_valid.to(self.proto.device)))
         out = {}
-        for name, t in totals.items():
-            t = dist.all_reduce_sum(t)
-            out[f"pseudo_label_precision_{name}"] = float(100 * t[0] / t[1]) if t[1] else float("nan")
-            out[f"pseudo_label_coverage_{name}"] = float(100 * t[1] / t[2]) if t[2] else float("nan")
+        for name, cm in cms.items():
+            cm = dist.all_reduce_sum(cm.to(self.proto.device)).cpu()
+            kept = float(cm.sum())
+            out[f"pseudo_label_precision_{name}"] = 100 * float(cm.diag().sum()) / kept if kept else float("nan")
+            out[f"pseudo_label_coverage_{name}"] = 100 * kept / n if n else float("nan")
+            out[f"pseudo_label_miou_{name}"] = miou(cm) if kept else float("nan")
         return out
 
     # -- pieces ---------------------------------------------------------------------------

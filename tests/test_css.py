@@ -219,6 +219,9 @@ def test_diagnostics_and_snapshot_extras(digits_root, tmp_path):
 def test_degenerate_temperature_warns(digits_root, tmp_path):
     with pytest.warns(UserWarning, match="hard anchor"):
         _method(digits_root, tmp_path, "method.rep_temperature=0.5", "method.strong_threshold=0.9")
+    with pytest.warns(UserWarning, match="no pixel reaches delta_u"):
+        _method(digits_root, tmp_path, "method.strategy=cross", "method.rep_temperature=0.5",
+                "method.confidence_threshold=0.9")
     with pytest.raises(ValueError, match="strategy"):
         _method(digits_root, tmp_path, "method.strategy=both")
 
@@ -273,3 +276,17 @@ def test_final_metrics_per_label_source(digits_root, tmp_path):
     assert m["pseudo_label_coverage_mix"] == pytest.approx(100 * float(kept.sum()) / float((hidden != 255).sum()))
     assert m["pseudo_label_coverage_mix"] <= m["pseudo_label_coverage_logit"]
     assert set(m) == {f"pseudo_label_{k}_{s}" for k in ("precision", "coverage", "miou") for s in ("logit", "rep", "mix")}
+
+
+def test_eval_crop_mode_is_the_official_random_crop():
+    from s4kit.engine.evaluate import evaluate, random_crop
+
+    image, mask = torch.arange(12.0).view(1, 1, 3, 4).expand(1, 3, 3, 4), torch.arange(12).view(1, 3, 4)
+    img, m = random_crop(image, mask, 5, seed=1)  # larger than the image: whole image plus padding
+    assert m.shape == (1, 5, 5) and torch.equal(m[0, :3, :4], mask[0]) and (m[0, 3:] == 255).all()
+    img, m = random_crop(image, mask, 2, seed=7)
+    img2, m2 = random_crop(image, mask, 2, seed=7)
+    assert torch.equal(m, m2) and torch.equal(img[0, 0], m.float()[0])  # seeded; image and mask aligned
+    data = [{"image": torch.zeros(3, 6, 6), "mask": torch.zeros(6, 6, dtype=torch.long), "id": str(i)} for i in range(3)]
+    out = evaluate(lambda x: torch.zeros(x.shape[0], 2, *x.shape[-2:]), data, 2, "cpu", mode="crop", window=4)
+    assert int(out["confusion"].sum()) == 3 * 16

@@ -35,7 +35,7 @@ Paper values are the defaults. Where the official code differs, it is an option:
 | ``proto_source`` | ``student`` (code; the paper's Eq. 2 uses the teacher: ``teacher``) | ``student`` |
 | ``proto_sync`` | ``global`` (all-reduce) | ``local_literal`` (updates per rank) |
 | ``mix_rep_filter`` | ``none`` (code); ``paper`` adds q^rep >= delta_w to the contrast | ``none`` |
-| evaluation | ``eval.mode``: full images (VOC), sliding window (Cityscapes, paper) | a random crop of the crop size (not offered) |
+| evaluation | ``eval.mode``: ``full`` images (VOC), ``sliding`` window (Cityscapes, paper) | ``crop``: one random crop of the crop size |
 
 Not reproduced: ``torch.autograd.set_detect_anomaly`` and the rank-0 mixing partner (code
 defects). A zero prototype (a class never seen) has cosine 0 to every pixel, as in the code.
@@ -117,12 +117,13 @@ class CSS(ReCo):
             if o[key] not in allowed:
                 raise ValueError(f"method.{key}={o[key]!r}: expected one of {allowed}")
         q_max = max_rep_confidence(o.rep_temperature, self.num_classes)
-        if q_max < o.strong_threshold or (o.strategy == "cross" and q_max < o.confidence_threshold):
+        problems = [f"every valid pixel is a hard anchor at delta_s={o.strong_threshold}"] \
+            if q_max < o.strong_threshold else []
+        if o.strategy == "cross" and q_max < o.confidence_threshold:
+            problems.append(f"no pixel reaches delta_u={o.confidence_threshold}, so L_u is 0 after the warm-up")
+        if problems:
             warnings.warn(f"css: rep_temperature={o.rep_temperature} with {self.num_classes} classes caps the "
-                          f"rep-space confidence at {q_max:.3f} (C4): every valid pixel is a hard anchor at "
-                          f"delta_s={o.strong_threshold}" + (", and no pixel reaches delta_u" if o.strategy == "cross"
-                                                             and q_max < o.confidence_threshold else ""),
-                          stacklevel=2)
+                          f"rep-space confidence at {q_max:.3f} (C4): " + "; ".join(problems), stacklevel=2)
         self.register_buffer("proto", torch.zeros(self.num_classes, int(cfg.model.rep_dim)))
         self.register_buffer("proto_seen", torch.zeros(self.num_classes, dtype=torch.bool))
         self._epoch_length: int | None = None

@@ -67,11 +67,12 @@ def rep_similarity(rep: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of every pixel to every prototype, S_c(p) (C2).
 
     Args: rep float (B, D, h, w); prototypes float (K, D) (a zero prototype gives 0).
-    Returns float (B, K, h, w) in [-1, 1].
+    Returns float32 (B, K, h, w) in [-1, 1], also under bf16 autocast.
     """
-    z = F.normalize(rep.float(), dim=1)
-    rho = F.normalize(prototypes.float(), dim=1)
-    return torch.einsum("bdhw,kd->bkhw", z, rho)
+    with torch.autocast(rep.device.type, enabled=False):
+        z = F.normalize(rep.float(), dim=1)
+        rho = F.normalize(prototypes.float(), dim=1)
+        return torch.einsum("bdhw,kd->bkhw", z, rho)
 
 
 def rep_distribution(rep: torch.Tensor, prototypes: torch.Tensor, temperature: float = 0.25,

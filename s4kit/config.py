@@ -120,7 +120,7 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation protocol (substrate §8.4)."""
 
-    mode: str = "full"  # full | sliding
+    mode: str = "full"  # full | sliding | crop (one random crop per image, CSS/PRCL official code)
     window: int = 0  # sliding-window size (0: data.crop_size)
     stride: int = 0  # sliding-window stride (0: floor(2 * window / 3))
     batch_size: int = 32  # full mode batches same-size images; sliding mode uses 1
@@ -270,7 +270,7 @@ def _validate(cfg: DictConfig) -> None:
         (cfg.data.dataset in ("digits", "pascal", "cityscapes"), "data.dataset", "digits, pascal or cityscapes"),
         (cfg.data.label_format in ("voc", "cityscapes"), "data.label_format", "voc or cityscapes"),
         (cfg.device in ("cpu", "cuda", "auto"), "device", "cpu, cuda or auto"),
-        (cfg.eval.mode in ("full", "sliding"), "eval.mode", "full or sliding"),
+        (cfg.eval.mode in ("full", "sliding", "crop"), "eval.mode", "full, sliding or crop"),
         (cfg.eval.model in ("teacher", "student"), "eval.model", "teacher or student"),
         (cfg.optim.name in ("sgd", "adamw"), "optim.name", "sgd or adamw"),
         (cfg.augment.mix in ("cutmix", "classmix", "none"), "augment.mix", "cutmix, classmix or none"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+import zlib
 from typing import Callable
 
 import torch
@@ -46,6 +47,22 @@ def sliding_window_logits(predict: Callable[[torch.Tensor], torch.Tensor], image
     return out
 
 
+def random_crop(image: torch.Tensor, target: torch.Tensor, size: int, seed: int = 0):
+    """One seeded random ``size`` x ``size`` crop of image (1, 3, H, W) and mask (1, H, W),
+    the evaluation of the CSS and PRCL official code (a VOC image <= 500 px inside a 512
+    crop is whole, plus padding). Pads the image with 0 and the mask with 255 (ignore)
+    where a side is shorter than ``size``. Returns ``(image, mask)`` of size x size."""
+    h, w = image.shape[-2:]
+    ph, pw = max(size - h, 0), max(size - w, 0)
+    if ph or pw:
+        image = torch.nn.functional.pad(image, (0, pw, 0, ph), value=0.0)
+        target = torch.nn.functional.pad(target, (0, pw, 0, ph), value=255)
+    g = torch.Generator().manual_seed(seed)
+    y = int(torch.randint(0, image.shape[-2] - size + 1, (), generator=g))
+    x = int(torch.randint(0, image.shape[-1] - size + 1, (), generator=g))
+    return image[..., y:y + size, x:x + size], target[..., y:y + size, x:x + size]
+
+
 def _batches(dataset, indices, batch_size: int):
     """Group consecutive same-size samples into batches of at most ``batch_size``."""
     batch = []
@@ -67,8 +84,10 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_class
 
     Args:
         predict: image (B, 3, H, W) -> logits (B, K, H, W) at the input resolution.
-        mode: ``full`` (whole image) or ``sliding`` (``window``, ``stride``; stride 0
-            means floor(2 * window / 3)).
+        mode: ``full`` (whole image), ``sliding`` (``window``, ``stride``; stride 0
+            means floor(2 * window / 3)) or ``crop`` (the CSS/PRCL official code: one random
+            ``window`` x ``window`` crop per image, seeded by the image index, padded with 0
+            (image) and 255 (mask) where the image is smaller).
         max_images: evaluate only the first N images (0: all).
 
     Returns ``{"miou", "pixel_acc", "per_class_iou" (list, percent), "confusion" (K, K)}``.
@@ -80,10 +99,12 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_class
     stride = stride or max(1, (2 * window) // 3)
     from tqdm.auto import tqdm
 
-    for batch in tqdm(list(_batches(dataset, indices, 1 if mode == "sliding" else batch_size)),
+    for batch in tqdm(list(_batches(dataset, indices, 1 if mode in ("sliding", "crop") else batch_size)),
                       desc="eval", disable=not progress, leave=False):
         image = torch.stack([s["image"] for s in batch]).to(device)
         target = torch.stack([s["mask"] for s in batch])
+        if mode == "crop":
+            image, target = random_crop(image, target, window, seed=zlib.crc32(str(batch[0]["id"]).encode()))
         if mode == "sliding":
             pred = sliding_window_logits(predict, image, window, stride, num_classes).argmax(1)
         else:

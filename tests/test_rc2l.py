@@ -236,6 +236,33 @@ def test_rc2l_rejects_a_per_pixel_model(digits_root, tmp_path):
         build_method(load_config("digits/rc2l", tiny_overrides(digits_root, tmp_path) + ["method.matching=x"]))
 
 
+def test_mask_resolution_head_and_input_agree_on_a_perfect_prediction(digits_root, tmp_path):
+    """Masks that are exact at the head grid give a small set loss at both resolutions; a bad
+    option value is rejected."""
+    from s4kit.methods.rc2l import maskformer_supervised_loss
+    from omegaconf import OmegaConf
+
+    lab = torch.zeros(1, 32, 32, dtype=torch.long)
+    lab[:, :, 16:] = 3
+    k, n = 4, 3
+    cls = torch.full((1, n, k + 1), -10.0)
+    cls[0, :, k] = 10.0
+    ml = torch.full((1, n, 8, 8), -10.0)
+    for q, c in enumerate([0, 3]):
+        cls[0, q, c], cls[0, q, k] = 10.0, -10.0
+        ml[0, q, :, 4 * (c > 0):4 + 4 * (c > 0)] = 10.0
+    out = {"pred_logits": cls, "pred_masks": ml, "aux": []}
+    base = dict(deep_supervision=True, no_object_weight=0.1, class_weight=1.0, focal_weight=20.0, dice_weight=1.0)
+    head = maskformer_supervised_loss(out, lab, OmegaConf.create(dict(base, mask_resolution="head")))
+    inp = maskformer_supervised_loss(out, lab, OmegaConf.create(dict(base, mask_resolution="input")))
+    assert head < 0.01 and inp < 0.5  # bilinear upsampling blurs the 2 border columns only
+    wrong = maskformer_supervised_loss(dict(out, pred_masks=ml.flip(-1)), lab,
+                                       OmegaConf.create(dict(base, mask_resolution="input")))
+    assert wrong > 5 * inp
+    with pytest.raises(ValueError, match="mask_resolution"):
+        maskformer_supervised_loss(out, lab, OmegaConf.create(dict(base, mask_resolution="x")))
+
+
 def test_region_losses_vanish_when_student_equals_teacher(digits_root, tmp_path):
     """Identity sanity (reference §15.9): teacher outputs fed as the student's give minimal losses."""
     _, method, _, unlabeled = _method("rc2l", digits_root, tmp_path, ["method.matching=index"])

@@ -60,13 +60,20 @@ def _check_model(cfg, name: str) -> None:
 def maskformer_supervised_loss(out: dict, labels: torch.Tensor, opts) -> torch.Tensor:
     """L_sup (R5) summed over the last and (if ``opts.deep_supervision``) every earlier decoder layer.
 
-    Args: ``out`` a ``MaskFormerHead`` output dict; labels int64 (B, H, W), 255 = ignore,
-    nearest-downsampled to the mask grid. Returns a scalar.
+    Args: ``out`` a ``MaskFormerHead`` output dict; labels int64 (B, H, W), 255 = ignore.
+    ``opts.mask_resolution``: ``head`` (default, reference/rc2l.md §12: labels
+    nearest-downsampled to the H/4 mask grid) or ``input`` (mask logits bilinearly upsampled
+    to the labels, as MaskFormer does; costs N x H x W per image). Returns a scalar; raises
+    ``ValueError`` for an unknown ``mask_resolution``.
     """
-    y = downsample_labels(labels, out["pred_masks"].shape[-2:])
+    if opts.mask_resolution not in ("head", "input"):
+        raise ValueError(f"method.mask_resolution={opts.mask_resolution!r}: expected head or input")
+    y = downsample_labels(labels, out["pred_masks"].shape[-2:]) if opts.mask_resolution == "head" else labels
     layers = [(out["pred_logits"], out["pred_masks"])] + (list(out["aux"]) if opts.deep_supervision else [])
     total = 0.0
     for cls, masks in layers:
+        if opts.mask_resolution == "input":
+            masks = upsample(masks, labels.shape[-2:])
         parts = set_loss(cls, masks, y, opts.no_object_weight, opts.class_weight, opts.focal_weight, opts.dice_weight)
         total = total + parts["ce"] + parts["focal"] + parts["dice"]
     return total
@@ -82,6 +89,7 @@ class SupervisedMaskFormerOptions(SupervisedOptions):
     focal_weight: float = 20.0  # lambda_focal
     dice_weight: float = 1.0  # lambda_dice
     deep_supervision: bool = True
+    mask_resolution: str = "head"  # head | input: where the set loss compares masks with labels
 
 
 @register("supervised_maskformer")
@@ -113,6 +121,7 @@ class RC2LOptions(MeanTeacherOptions):
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     deep_supervision: bool = True
+    mask_resolution: str = "head"  # head | input (set loss only; the region losses use the head grid)
     region_threshold: float = 0.7  # gamma: teacher query confidence (T1)
     mask_threshold: float = 0.5  # binarisation of teacher masks
     matching: str = "hungarian"  # hungarian (M1) | index (M2)

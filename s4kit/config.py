@@ -81,6 +81,12 @@ class ModelConfig:
     head_channels: int = 64
     aspp_rates: list = field(default_factory=lambda: [1, 2, 3])
     sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP
+    # model.name=maskformer only (models/maskformer.py; MaskFormer defaults 100, 6, 8, 2048, 0.1)
+    num_queries: int = 100
+    dec_layers: int = 6
+    dec_heads: int = 8
+    dec_ffn: int = 2048
+    dec_dropout: float = 0.1
 
 
 @dataclass

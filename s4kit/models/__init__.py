@@ -5,6 +5,7 @@ import torch.nn as nn
 
 from .backbones import ResNetEncoder, SmallEncoder, WeightsError, load_encoder_weights
 from .deeplab import DeepLabV3Plus
+from .maskformer import MaskFormerHead
 
 _BUILDERS: dict = {}
 
@@ -35,6 +36,21 @@ def build_deeplabv3plus(mcfg, num_classes: int) -> nn.Module:
                          mcfg.head_channels, tuple(mcfg.aspp_rates))
 
 
+@register_model("maskformer")
+def build_maskformer(mcfg, num_classes: int) -> nn.Module:
+    """DeepLabV3+ encoder/decoder with a MaskFormer mask-classification head (``maskformer.py``);
+    E = ``model.rep_dim``, N = ``model.num_queries``, decoder ``model.dec_*``."""
+    if mcfg.backbone == "small":
+        encoder = SmallEncoder(mcfg.width, mcfg.output_stride)
+    else:
+        encoder = ResNetEncoder(mcfg.backbone, mcfg.output_stride)
+    if mcfg.pretrained:
+        load_encoder_weights(encoder, mcfg.pretrained)
+    return MaskFormerHead(encoder, num_classes, mcfg.rep_dim, mcfg.num_queries, mcfg.dec_layers, mcfg.dec_heads,
+                          mcfg.dec_ffn, mcfg.dec_dropout, mcfg.aspp_channels, mcfg.low_channels, mcfg.head_channels,
+                          tuple(mcfg.aspp_rates))
+
+
 def build_model(mcfg, num_classes: int) -> nn.Module:
     """Build ``model.name`` for ``num_classes`` classes; raises ``ValueError`` for an unknown name."""
     if mcfg.name not in _BUILDERS:
@@ -42,5 +58,5 @@ def build_model(mcfg, num_classes: int) -> nn.Module:
     return _BUILDERS[mcfg.name](mcfg, num_classes)
 
 
-__all__ = ["build_model", "register_model", "DeepLabV3Plus", "ResNetEncoder", "SmallEncoder",
+__all__ = ["build_model", "register_model", "DeepLabV3Plus", "MaskFormerHead", "ResNetEncoder", "SmallEncoder",
            "WeightsError", "load_encoder_weights"]

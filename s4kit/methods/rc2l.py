@@ -1,0 +1,262 @@
+"""``rc2l``: region-level contrastive and consistency learning on a mask-classification head;
+``supervised_maskformer``: the same head trained on labeled images only.
+
+Source: Zhang, Wu, Ding, Zhao, Guo, "Region-level Contrastive and Consistency Learning for
+Semi-Supervised Semantic Segmentation", IJCAI 2022 (arXiv 2204.13314). No code is public
+and the paper's method section is not available: this is the first public implementation
+and a *reconstruction* (reference/rc2l.md §4-§9). What the paper states: an EMA teacher,
+a MaskFormer-style head (queries, mask embeddings, pixel-decoder feature F, region
+features by mask average pooling), and four losses RMC, RFC, RCC, SMC. Everything else is
+s4kit's choice, each an option:
+
+    L = L_sup + lambda_u (l_rcc L_rcc + l_rmc L_rmc + l_rfc L_rfc + l_smc L_smc)      (R10)
+
+* L_sup: MaskFormer's set loss (R5) with deep supervision over every decoder layer
+  (``losses.region.set_loss``), on the head grid (labels nearest-downsampled).
+* Views (D6): the EMA teacher sees the weak unlabeled view u, the student a photometric-only
+  strong view of the *same* u, so teacher and student masks stay pixel-aligned. Mixing
+  (CutMix/ClassMix) is not applied (``augment.mix`` is ignored by this method).
+* Teacher regions (D4, T1): confident teacher queries (``region_threshold`` gamma = 0.7 on
+  the class probability, not ∅, non-empty binary mask at ``mask_threshold`` 0.5).
+* Correspondence (D5): ``matching=hungarian`` (M1, default): the MaskFormer cost (R4) between
+  the student queries and the teacher regions as pseudo ground truth; ``matching=index``
+  (M2): student query i <-> teacher query i.
+* RCC (R6): CE of the student class logits against the matched teacher classes, ∅ elsewhere,
+  w_∅ = 0.1. RMC (R7): Dice-InfoNCE of matched student masks vs the image's teacher masks,
+  tau_m = 0.1. RFC (R8): InfoNCE of MAP region features (student: own soft mask; teacher:
+  its ``teacher_mask`` = hard (default) or soft mask) vs batch teacher regions of other
+  classes, tau_f = 0.1, optional projection MLP g (``projection=true``, 256 -> 256 -> 128;
+  default off). SMC (R9): Dice of the clipped student semantic masks vs the hard teacher
+  masks over classes with mean confidence >= ``smc_threshold``.
+* The unsupervised losses use the last decoder layer only (deep supervision is applied to
+  L_sup only): s4kit's choice.
+* The teacher is MeanTeacher's (alpha 0.99, ReCo's BN handling); evaluation uses it.
+
+Diagnostics in ``log.csv``: ``regions`` (mean N^t per unlabeled image) and the teacher's
+pseudo-label precision/coverage (``pl_*``, from the normalised semantic masks).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..losses.region import (hungarian_match, mask_average_pool, matching_cost, rcc_loss, rfc_loss, rmc_loss,
+                             set_loss, smc_loss, teacher_regions)
+from ..metrics import pseudo_label_quality
+from .base import IGNORE_INDEX, downsample_labels, register, upsample
+from .meanteacher import MeanTeacher, MeanTeacherOptions
+from .supervised import Supervised, SupervisedOptions
+
+
+def _check_model(cfg, name: str) -> None:
+    if cfg.model.name != "maskformer":
+        raise ValueError(f"method {name!r} needs model.name=maskformer (got {cfg.model.name!r})")
+
+
+def maskformer_supervised_loss(out: dict, labels: torch.Tensor, opts) -> torch.Tensor:
+    """L_sup (R5) summed over the last and (if ``opts.deep_supervision``) every earlier decoder layer.
+
+    Args: ``out`` a ``MaskFormerHead`` output dict; labels int64 (B, H, W), 255 = ignore.
+    ``opts.mask_resolution``: ``head`` (default, reference/rc2l.md §12: labels
+    nearest-downsampled to the H/4 mask grid) or ``input`` (mask logits bilinearly upsampled
+    to the labels, as MaskFormer does; costs N x H x W per image). Returns a scalar; raises
+    ``ValueError`` for an unknown ``mask_resolution``.
+    """
+    if opts.mask_resolution not in ("head", "input"):
+        raise ValueError(f"method.mask_resolution={opts.mask_resolution!r}: expected head or input")
+    y = downsample_labels(labels, out["pred_masks"].shape[-2:]) if opts.mask_resolution == "head" else labels
+    layers = [(out["pred_logits"], out["pred_masks"])] + (list(out["aux"]) if opts.deep_supervision else [])
+    total = 0.0
+    for cls, masks in layers:
+        if opts.mask_resolution == "input":
+            masks = upsample(masks, labels.shape[-2:])
+        parts = set_loss(cls, masks, y, opts.no_object_weight, opts.class_weight, opts.focal_weight, opts.dice_weight)
+        total = total + parts["ce"] + parts["focal"] + parts["dice"]
+    return total
+
+
+@dataclass
+class SupervisedMaskFormerOptions(SupervisedOptions):
+    """Options of ``supervised_maskformer``: MaskFormer's loss weights (reference/rc2l.md §7)."""
+
+    name: str = "supervised_maskformer"
+    no_object_weight: float = 0.1  # w_∅ (MaskFormer NO_OBJECT_WEIGHT)
+    class_weight: float = 1.0  # lambda_cls (matching cost and loss)
+    focal_weight: float = 20.0  # lambda_focal
+    dice_weight: float = 1.0  # lambda_dice
+    deep_supervision: bool = True
+    mask_resolution: str = "head"  # head | input: where the set loss compares masks with labels
+
+
+@register("supervised_maskformer")
+class SupervisedMaskFormer(Supervised):
+    """Labeled images only, MaskFormer set loss (R5) on the mask-classification head.
+
+    ``train_step(labeled, unlabeled=None)`` returns ``{"loss_sup": scalar}``. Raises
+    ``ValueError`` unless ``model.name=maskformer``.
+    """
+
+    Options = SupervisedMaskFormerOptions
+
+    def __init__(self, cfg):
+        _check_model(cfg, self.name)
+        super().__init__(cfg)
+
+    def train_step(self, labeled: dict, unlabeled: dict | None = None) -> dict:
+        out = self.student(self.augment_labeled(labeled["image"]))
+        return {"loss_sup": maskformer_supervised_loss(out, labeled["mask"], self.opts)}
+
+
+@dataclass
+class RC2LOptions(MeanTeacherOptions):
+    """Options of ``rc2l``; every value is s4kit's reconstruction (reference/rc2l.md §4, §10)."""
+
+    name: str = "rc2l"
+    no_object_weight: float = 0.1
+    class_weight: float = 1.0
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    deep_supervision: bool = True
+    mask_resolution: str = "head"  # head | input (set loss only; the region losses use the head grid)
+    region_threshold: float = 0.7  # gamma: teacher query confidence (T1)
+    mask_threshold: float = 0.5  # binarisation of teacher masks
+    matching: str = "hungarian"  # hungarian (M1) | index (M2)
+    teacher_mask: str = "hard"  # hard | soft: the teacher mask in RMC and in the teacher-side MAP
+    mask_temperature: float = 0.1  # tau_m
+    feature_temperature: float = 0.1  # tau_f
+    projection: bool = False  # RFC projection MLP g (E -> E -> 128)
+    smc_threshold: float = 0.7  # gamma for C_u in SMC
+    rcc_weight: float = 1.0
+    rmc_weight: float = 1.0
+    rfc_weight: float = 1.0
+    smc_weight: float = 1.0
+    unsup_warmup: int = 0  # lambda_u ramps up linearly over this many iterations (0: off)
+
+
+@register("rc2l")
+class RC2L(MeanTeacher):
+    """Mean teacher with RC²L's four region-level losses (see the module docstring).
+
+    ``train_step`` returns ``loss_sup``, ``loss_rcc``, ``loss_rmc``, ``loss_rfc``,
+    ``loss_smc`` (already weighted by lambda_u and their own weights), ``regions`` and, with
+    hidden ground truth, ``pl_*``. Raises ``ValueError`` unless ``model.name=maskformer`` or
+    for unknown ``matching`` / ``teacher_mask``; ``RuntimeError`` without an unlabeled batch.
+    """
+
+    Options = RC2LOptions
+    uses_representation = True
+
+    def __init__(self, cfg):
+        _check_model(cfg, self.name)
+        super().__init__(cfg)
+        for key, allowed in (("matching", ("hungarian", "index")), ("teacher_mask", ("hard", "soft"))):
+            if self.opts[key] not in allowed:
+                raise ValueError(f"method.{key}={self.opts[key]!r}: expected one of {allowed}")
+        self.projection = None
+        if self.opts.projection:
+            e = cfg.model.rep_dim
+            # g is trained with the student; the teacher side uses the same g under no_grad
+            # (an EMA copy g_t would be the alternative; s4kit keeps one g for simplicity)
+            self.projection = nn.Sequential(nn.Linear(e, e), nn.ReLU(inplace=True), nn.Linear(e, 128))
+
+    def param_groups(self) -> list[dict]:
+        groups = super().param_groups()
+        if self.projection is not None:
+            groups[1]["params"] = groups[1]["params"] + list(self.projection.parameters())
+        return groups
+
+    def project(self, r: torch.Tensor) -> torch.Tensor:
+        """g(r) if the projection MLP is enabled, else r."""
+        return self.projection(r) if self.projection is not None else r
+
+    def region_losses(self, out_s: dict, out_t: dict, valid: torch.Tensor) -> dict:
+        """RCC, RMC, RFC, SMC (R6-R9) between student and teacher outputs on aligned views.
+
+        Args: ``out_s`` / ``out_t`` ``MaskFormerHead`` outputs (teacher detached), ``valid``
+        bool (B, h, w) on the mask grid. Returns the unweighted losses and ``regions``.
+        """
+        o = self.opts
+        cls_s, m_s, pix_s = out_s["pred_logits"], out_s["pred_masks"], out_s["rep"]
+        cls_t, m_t, pix_t = out_t["pred_logits"], out_t["pred_masks"], out_t["rep"]
+        b, n, kp1 = cls_s.shape
+        k = kp1 - 1
+        targets = torch.full((b, n), k, dtype=torch.long, device=cls_s.device)
+        s_masks, t_masks, s_feats, t_feats, classes = [], [], [], [], []
+        n_regions = 0
+        for i in range(b):
+            v = valid[i].reshape(-1)
+            ml_s = m_s[i].reshape(n, -1)
+            idx, c, hard, soft = teacher_regions(cls_t[i], m_t[i].reshape(n, -1), v, o.region_threshold,
+                                                 o.mask_threshold)
+            n_regions += len(idx)
+            if len(idx) == 0:
+                continue
+            t_mask = hard if o.teacher_mask == "hard" else soft
+            if o.matching == "hungarian":
+                with torch.no_grad():
+                    cost = matching_cost(cls_s[i].detach(), ml_s[:, v].detach(), c, hard[:, v], o.class_weight,
+                                         o.focal_weight, o.dice_weight)
+                rows, cols = hungarian_match(cost)
+                sigma = rows  # cols = arange(N^t) since N >= N^t
+            else:
+                sigma = idx
+            targets[i, sigma] = c
+            sm = ml_s[sigma].float().sigmoid() * v
+            s_masks.append(sm)
+            t_masks.append(t_mask)
+            s_feats.append(mask_average_pool(pix_s[i].reshape(pix_s.shape[1], -1).float(), sm))
+            t_feats.append(mask_average_pool(pix_t[i].reshape(pix_t.shape[1], -1).float(), t_mask))
+            classes.append(c)
+        losses = {"rcc": rcc_loss(cls_s, targets, o.no_object_weight),
+                  "rmc": rmc_loss(s_masks, t_masks, o.mask_temperature) if s_masks else cls_s.new_zeros(()),
+                  "smc": smc_loss(out_s["sem"], out_t["sem"], valid, o.smc_threshold)}
+        if classes:
+            r_s = self.project(torch.cat(s_feats))
+            with torch.no_grad():
+                r_t = self.project(torch.cat(t_feats))
+            losses["rfc"] = rfc_loss(r_s, r_t, torch.cat(classes), o.feature_temperature)
+        else:
+            losses["rfc"] = cls_s.new_zeros(())
+        losses["regions"] = n_regions / max(b, 1)
+        return losses
+
+    def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
+        if unlabeled is None:
+            raise RuntimeError(f"method {self.name!r} needs an unlabeled batch")
+        o = self.opts
+        u = unlabeled["image"]
+        logs = {}
+        with torch.no_grad():
+            t_out = self.teacher_forward(u)
+            if "hidden_mask" in unlabeled:
+                confidence, pseudo = upsample(t_out["logits"].float(), u.shape[-2:]).softmax(1).max(1)
+                if "valid" in unlabeled:
+                    pseudo = pseudo.masked_fill(~unlabeled["valid"], IGNORE_INDEX)
+                q = pseudo_label_quality(pseudo, confidence, unlabeled["hidden_mask"], o.confidence_threshold)
+                logs.update({f"pl_{key}": val for key, val in q.items() if not math.isnan(val)})
+            u_strong = self.strong(u)  # photometric only: masks stay aligned (D6)
+        out_l = self.student(self.augment_labeled(labeled["image"]))
+        out_u = self.student(u_strong)
+        grid = out_u["pred_masks"].shape[-2:]
+        if "valid" in unlabeled:
+            valid = F.interpolate(unlabeled["valid"].unsqueeze(1).float(), size=tuple(grid), mode="nearest")[:, 0] > 0.5
+        else:
+            valid = torch.ones((u.shape[0], *grid), dtype=torch.bool, device=u.device)
+        region = self.region_losses(out_u, {key: (val.detach() if torch.is_tensor(val) else val)
+                                            for key, val in t_out.items()}, valid)
+        ramp = min(1.0, (self.iteration + 1) / o.unsup_warmup) if o.unsup_warmup else 1.0
+        lam = o.unsup_weight * ramp
+        losses = {"loss_sup": maskformer_supervised_loss(out_l, labeled["mask"], o),
+                  "loss_rcc": lam * o.rcc_weight * region["rcc"], "loss_rmc": lam * o.rmc_weight * region["rmc"],
+                  "loss_rfc": lam * o.rfc_weight * region["rfc"], "loss_smc": lam * o.smc_weight * region["smc"],
+                  "regions": float(region["regions"])}
+        losses.update(logs)
+        return losses
+
+    def snapshot_extras(self, outputs: dict) -> dict[str, torch.Tensor]:
+        """``region``: per pixel, the index of the query with the largest mask logit (B, h, w)."""
+        return {"region": outputs["pred_masks"].argmax(1).float()}

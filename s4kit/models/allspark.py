@@ -287,13 +287,16 @@ class AllSpark(nn.Module):
 def memory_tokens(crop_size: int, input_scale: float = 1.0, mode: str = "auto") -> int:
     """N for the memory: the stage-4 token count of a square training crop ``crop_size``.
 
-    ``auto``: ceil(s'/32)^2 with s' = round(crop_size * input_scale), the true size (fix of
+    ``auto``: ceil(s'/32)^2 with s' = floor(crop_size * input_scale) (what ``F.interpolate``
+    with ``scale_factor`` gives), the true size (fix of
     reference §2.3/§10.5); ``literal``: (s'//32 + 1)^2 as the official ``patch_num``, wrong
     (and crashing) for multiples of 32. Raises ``ValueError`` for another mode.
     """
+    import math
+
     from .segformer import stage4_size
 
-    s = int(round(crop_size * input_scale))
+    s = int(math.floor(crop_size * input_scale))
     if mode == "auto":
         return stage4_size(s) ** 2
     if mode == "literal":

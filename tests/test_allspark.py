@@ -229,3 +229,59 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
     with pytest.raises(ValueError, match="segformer"):
         build_method(load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "c")
                                  + ["model.name=deeplabv3plus"]))
+
+
+SYNC_MODES = ("allgather", "local", "rank0_broadcast_literal")
+
+
+def _memory_worker(rank, world, init_file, out_dir):
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for mode in SYNC_MODES:
+            torch.manual_seed(0)  # the same initial memory on both ranks
+            attn = ChannelCrossAttention(channels=4, num_classes=2, tokens=3, heads=1, memory_sync=mode)
+            if mode == "rank0_broadcast_literal" and rank == 1:
+                attn.memory.queue.add_(100.0)  # rank 1's own history is replaced by rank 0's
+            g = torch.Generator().manual_seed(10 + rank)
+            z_u = torch.randn(1, 3, 4, generator=g) + 10 * rank  # (B_u, N, C): different on each rank
+            maps = torch.randn(1, 2, 3, 1, generator=g)
+            groups = attn.update_memory(z_u, maps, (3, 1))
+            torch.save({"queue": attn.memory.queue, "ptr": attn.memory.ptr, "z": z_u, "groups": groups},
+                       f"{out_dir}/{mode}_{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def synced_memories(tmp_path_factory):
+    import torch.multiprocessing as tmp_mp
+
+    out = tmp_path_factory.mktemp("memsync")
+    tmp_mp.spawn(_memory_worker, args=(2, str(out / "init"), str(out)), nprocs=2)  # one spawn for all modes
+    return out
+
+
+@pytest.mark.parametrize("mode", SYNC_MODES)
+def test_memory_sync_across_two_gloo_ranks(mode, synced_memories):
+    tmp_path = synced_memories
+    r0, r1 = (torch.load(tmp_path / f"{mode}_{r}.pt") for r in (0, 1))
+    torch.manual_seed(0)
+    init = ChannelCrossAttention(channels=4, num_classes=2, tokens=3, heads=1).memory.queue
+
+    def expected(*ranks):  # the initial memory after enqueueing these ranks' channels in order
+        mem = SemanticMemory(2, 4, 3)
+        mem.queue.copy_(init)
+        for r in ranks:
+            mem.enqueue(r["z"].transpose(1, 2).reshape(-1, 3), r["groups"].reshape(-1))
+        return mem.queue, mem.ptr
+
+    if mode == "allgather":  # identical memories holding both ranks' channels, rank 0's first
+        want = {0: expected(r0, r1), 1: expected(r0, r1)}
+    else:  # each rank enqueues only its own channels; literal: rank 1 starts from rank 0's memory
+        want = {0: expected(r0), 1: expected(r1)}
+    for r, got in ((0, r0), (1, r1)):
+        assert torch.allclose(got["queue"], want[r][0]) and torch.equal(got["ptr"], want[r][1])
+    if mode == "allgather":
+        assert torch.equal(r0["queue"], r1["queue"])

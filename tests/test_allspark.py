@@ -221,6 +221,17 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
         assert out["memory"] == use_memory and out["pl_coverage"] == 100.0  # no confidence threshold
         assert torch.isfinite(out["loss_sup"]) and torch.isfinite(out["loss_unsup"])
     assert int(method.bottleneck.attn.memory.ptr.sum()) > 0
+    # §13.14: the unlabeled half of the training forward is the weak crop itself (no photometric
+    # view, no mixing), and L = 1/2 L_x + 1/2 L_u with L_u the plain CE on the eval-mode argmax
+    n_l, size = labeled["image"].shape[0], unlabeled["image"].shape[-2:]
+    up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=True)  # noqa: E731
+    pseudo = up(method.pseudo_label_forward(unlabeled["image"])).argmax(1)  # before the step updates BN statistics
+    seen, forward = {}, method.student.forward
+    method.student.forward = lambda x: seen.update(x=x, out=forward(x)) or seen["out"]
+    out = method.train_step(labeled, unlabeled)
+    del method.student.forward
+    assert torch.equal(seen["x"][n_l:], unlabeled["image"])
+    assert torch.allclose(out["loss_unsup"], 0.5 * F.cross_entropy(up(seen["out"]["logits"][n_l:]), pseudo), atol=1e-5)
     cfg2 = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "b", iters=16)
                        + ["method.framework=unimatch_allspark", "method.confidence_threshold=0.5",
                           "augment.mix=cutmix"])

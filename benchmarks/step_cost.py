@@ -61,6 +61,8 @@ class Case:
 #   Case("supervised_segformer", "digits/supervised", ("model.name=segformer",)),
 #   Case("allspark", "digits/allspark", baselines=("supervised_segformer",)),
 EXTRA_CASES: list[Case] = []
+# more baselines for preset cases: AllSpark is compared with the plain SegFormer it is built on
+EXTRA_BASELINES: dict[str, tuple[str, ...]] = {"allspark": ("supervised_segformer",)}
 
 
 def default_cases(dataset: str = "digits") -> list[Case]:
@@ -77,7 +79,7 @@ def default_cases(dataset: str = "digits") -> list[Case]:
         baselines = ["supervised"]
         if method.uses_unlabeled and name != "meanteacher":
             baselines.append("meanteacher")
-        cases.append(Case(name, f"{dataset}/{name}", (), tuple(baselines)))
+        cases.append(Case(name, f"{dataset}/{name}", (), tuple(baselines) + EXTRA_BASELINES.get(name, ())))
     return cases
 
 

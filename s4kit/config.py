@@ -68,7 +68,7 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    """The network: DeepLabV3+ on a small CNN or a torchvision ResNet, head widths."""
+    """The network: DeepLabV3+ on a small CNN or a torchvision ResNet, head widths; or SegFormer."""
 
     name: str = "deeplabv3plus"
     backbone: str = "small"  # small | resnet18 | resnet34 | resnet50 | resnet101
@@ -87,6 +87,11 @@ class ModelConfig:
     dec_heads: int = 8
     dec_ffn: int = 2048
     dec_dropout: float = 0.1
+    # model.name=segformer only
+    encoder: str = "mit_b0"  # mit_b0 .. mit_b5 (segmentation-models-pytorch)
+    decoder_dim: int = 256  # all-MLP decoder width D (768 for b2-b5)
+    drop_path: float = 0.1  # MiT stochastic depth
+    input_scale: float = 1.0  # resize the input by this factor before the encoder (digits: 2)
 
 
 @dataclass

@@ -14,7 +14,7 @@ def _batches(cfg, method):
     return next(labeled), (next(unlabeled) if unlabeled is not None else None)
 
 
-@pytest.mark.parametrize("name", ["supervised", "meanteacher", "reco", "css", "rc2l", "supervised_maskformer"])
+@pytest.mark.parametrize("name", ["supervised", "meanteacher", "reco", "css", "rc2l", "supervised_maskformer", "allspark"])
 def test_one_training_step(name, digits_root, tmp_path):
     assert name in registered()
     cfg = load_config(f"digits/{name}", tiny_overrides(digits_root, tmp_path))

@@ -6,6 +6,7 @@ import torch.nn as nn
 from .backbones import ResNetEncoder, SmallEncoder, WeightsError, load_encoder_weights
 from .deeplab import DeepLabV3Plus
 from .maskformer import MaskFormerHead
+from .segformer import MiTEncoder, SegFormer, load_mit_weights
 
 _BUILDERS: dict = {}
 
@@ -51,6 +52,18 @@ def build_maskformer(mcfg, num_classes: int) -> nn.Module:
                           tuple(mcfg.aspp_rates))
 
 
+@register_model("segformer")
+def build_segformer(mcfg, num_classes: int) -> nn.Module:
+    """SegFormer on MiT ``model.encoder`` (``mit_b0`` .. ``mit_b5``), see ``segformer.py``.
+
+    Pretrained MiT weights (NVlabs ``mit_bX.pth`` layout) load strictly from ``model.pretrained``.
+    """
+    encoder = MiTEncoder(mcfg.encoder, mcfg.drop_path)
+    if mcfg.pretrained:
+        load_mit_weights(encoder, mcfg.pretrained)
+    return SegFormer(encoder, num_classes, mcfg.decoder_dim, mcfg.input_scale)
+
+
 def build_model(mcfg, num_classes: int) -> nn.Module:
     """Build ``model.name`` for ``num_classes`` classes; raises ``ValueError`` for an unknown name."""
     if mcfg.name not in _BUILDERS:
@@ -59,4 +72,4 @@ def build_model(mcfg, num_classes: int) -> nn.Module:
 
 
 __all__ = ["build_model", "register_model", "DeepLabV3Plus", "MaskFormerHead", "ResNetEncoder", "SmallEncoder",
-           "WeightsError", "load_encoder_weights"]
+           "WeightsError", "load_encoder_weights", "SegFormer", "MiTEncoder", "load_mit_weights"]

@@ -81,11 +81,11 @@ class ResNetEncoder(nn.Module):
         return low, self.layer4(self.layer3(self.layer2(low)))
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+def load_encoder_weights(encoder: nn.Module, path: str | Path, drop_prefixes: tuple[str, ...] = ("fc.",)) -> None:
     """Load a torchvision-style ResNet checkpoint strictly into ``encoder``.
 
-    The classification layer (``fc.weight``, ``fc.bias``) is the only key allowed to be
-    unexpected; a ``state_dict`` or ``model`` wrapper and a ``module.`` prefix (DDP) are
+    The classification layer (keys starting with ``drop_prefixes``: ``fc.weight``,
+    ``fc.bias`` for ResNets, ``head.`` for MiT) is the only key allowed to be unexpected; a ``state_dict`` or ``model`` wrapper and a ``module.`` prefix (DDP) are
     unwrapped. Every other missing or unexpected key is an error: a wrong file must never
     silently give a randomly initialised backbone (the UniMatch/AllSpark ``strict=False``
     defect, reference/substrate.md §2.7).
@@ -101,7 +101,8 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    state = {k.removeprefix("module."): v for k, v in state.items()
+             if not k.removeprefix("module.").startswith(tuple(drop_prefixes))}
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -114,7 +115,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     if bad:
         raise WeightsError(f"{path}: shape mismatch for {bad[:8]}: e.g. {bad[0]} {tuple(state[bad[0]].shape)} "
                            f"vs model {tuple(own[bad[0]].shape)}")
-    encoder.load_state_dict(state, strict=True)
+    nn.Module.load_state_dict(encoder, state, strict=True)  # smp's MiT overrides load_state_dict without strict
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

@@ -1,0 +1,143 @@
+"""``allspark``: SegFormer whose labeled stage-4 features are rebuilt from unlabeled ones.
+
+Source: Wang et al., AllSpark, CVPR 2024; training loop of the official
+``train_allspark.py`` as in reference/allspark.md §7 (module: ``s4kit/models/allspark.py``).
+One iteration (``framework=allspark``, the default, the paper's code):
+
+1. eval-mode forward of the *same* network on the weakly augmented unlabeled crops u
+   (no EMA teacher): pseudo-labels y^ = argmax, and the logits as CSG class maps;
+2. one training forward on cat(strong-photometric x, u): AllSpark's CSG assigns the
+   channels of u to classes and enqueues them in the semantic memory, then the labeled
+   half is rebuilt by channel cross-attention (K/V from u during the warm-up, from the
+   memory afterwards) and the unlabeled half by channel self-attention;
+3. no confidence threshold, no CutMix, no strong view of u:
+
+       L = 1/2 (L_x + L_u),   L_x = CE(f(x), y) (OHEM on Cityscapes),   L_u = CE(f(u), y^)    (A9)
+
+``framework=unimatch_allspark`` (**not in the paper**, marked as an s4kit variant): the
+pseudo-labels of the weak view supervise a CutMix/ClassMix-ed strong view of u with
+UniMatch's per-pixel confidence mask (``confidence_threshold``, e.g. 0.95); CSG then groups
+the channels of the strong view by the one-hot mixed pseudo-labels.
+
+Optimiser (paper): SGD 0.9, weight decay 1e-4, poly 0.9, everything but the encoder at
+``optim.head_lr_mult`` = lr_multi (10 on VOC, 1 on Cityscapes): set in the presets.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..data.mixing import mix_batch
+from ..losses.ce import supervised_ce, unsupervised_masked_ce
+from ..metrics import pseudo_label_quality
+from ..models.allspark import AllSpark, memory_tokens
+from .base import IGNORE_INDEX, register, unwrap, upsample
+from .supervised import Supervised, SupervisedOptions
+
+
+@dataclass
+class AllSparkOptions(SupervisedOptions):
+    """Options of ``allspark``; defaults reproduce the official code (reference §11)."""
+
+    name: str = "allspark"
+    framework: str = "allspark"  # allspark (paper) | unimatch_allspark (s4kit variant, non-paper)
+    heads: int = 2  # h
+    attn_drop: float = 0.1
+    proj_drop: float = 0.1
+    warmup_fraction: float = 0.0625  # iterations with K/V from u before the memory: 5/80 epochs (VOC), 15/240 (Cityscapes)
+    csg_input: str = "logits"  # logits (code) | softmax (paper's "probability map")
+    memory_sync: str = "allgather"  # allgather | rank0_broadcast_literal | local
+    patch_num: str = "auto"  # auto: true stage-4 size ceil(s/32)^2 | literal: (s//32+1)^2 (code)
+    pl_forward: str = "batch"  # batch (code: K/V over the unlabeled batch) | per_image
+    ignore_u_padding: bool = False  # code: crop padding of u counts in L_u
+    sup_weight: float = 0.5
+    unsup_weight: float = 0.5
+    confidence_threshold: float = 0.0  # allspark: none (0 = every pixel; only for measuring); unimatch_allspark: mask
+
+
+@register("allspark")
+class AllSparkMethod(Supervised):
+    """AllSpark training on a ``model.name=segformer`` network (bottleneck installed here).
+
+    ``train_step(labeled, unlabeled)`` returns ``loss_sup`` (= sup_weight * L_x),
+    ``loss_unsup`` (= unsup_weight * L_u), ``memory`` (1.0 once K/V come from the memory)
+    and, with hidden ground truth, ``pl_precision``, ``pl_coverage``, ``pl_accuracy`` of the
+    pseudo-labels (percent, at ``confidence_threshold``).
+
+    Evaluation (``predict``) runs the labeled branch as per-image channel self-attention,
+    what the official batch-1 evaluation computes (reference §6).
+
+    Raises ``ValueError`` for a model other than SegFormer or an unknown option value, and
+    ``RuntimeError`` without an unlabeled batch.
+    """
+
+    Options = AllSparkOptions
+    uses_unlabeled = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        o = self.opts
+        for key, allowed in (("framework", ("allspark", "unimatch_allspark")), ("csg_input", ("logits", "softmax")),
+                             ("pl_forward", ("batch", "per_image"))):
+            if o[key] not in allowed:
+                raise ValueError(f"method.{key}={o[key]!r}: expected one of {allowed}")
+        if cfg.model.name != "segformer":
+            raise ValueError(f"method allspark needs model.name=segformer, got {cfg.model.name!r}")
+        net = self.student
+        tokens = memory_tokens(cfg.data.crop_size, cfg.model.input_scale, o.patch_num)
+        net.bottleneck = AllSpark(net.encoder.channels[-1], self.num_classes, tokens, o.heads, o.attn_drop,
+                                  o.proj_drop, o.memory_sync)
+        self.warmup_iters = int(math.ceil(o.warmup_fraction * self.total_iters))
+
+    @property
+    def bottleneck(self) -> AllSpark:
+        return unwrap(self.student).bottleneck
+
+    @torch.no_grad()
+    def pseudo_label_forward(self, u: torch.Tensor) -> torch.Tensor:
+        """Step 1: logits (B, K, h, w) of the network in eval mode on u (K/V as ``pl_forward``)."""
+        net = unwrap(self.student)
+        was_training = net.training
+        net.eval()
+        self.bottleneck.infer_source = self.opts.pl_forward
+        try:
+            return net(u)["logits"].float()
+        finally:
+            self.bottleneck.infer_source = "per_image"
+            net.train(was_training)
+
+    def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
+        if unlabeled is None:
+            raise RuntimeError("method 'allspark' needs an unlabeled batch")
+        o, u = self.opts, unlabeled["image"]
+        size, n_l = u.shape[-2:], labeled["image"].shape[0]
+        logits_pl = self.pseudo_label_forward(u)
+        with torch.no_grad():
+            confidence, pseudo = upsample(logits_pl, size).softmax(1).max(1)
+            if o.ignore_u_padding and "valid" in unlabeled:
+                pseudo = pseudo.masked_fill(~unlabeled["valid"], IGNORE_INDEX)
+                confidence = confidence.masked_fill(~unlabeled["valid"], 0.0)
+            logs = {}
+            if "hidden_mask" in unlabeled:
+                q = pseudo_label_quality(pseudo, confidence, unlabeled["hidden_mask"], o.confidence_threshold)
+                logs = {f"pl_{k}": v for k, v in q.items() if not math.isnan(v)}
+            if o.framework == "allspark":
+                u_in, class_maps = u, logits_pl if o.csg_input == "logits" else logits_pl.softmax(1)
+            else:  # non-paper weak-to-strong variant
+                u_mix, pseudo, confidence = mix_batch(self.cfg.augment.mix, u, pseudo, confidence)
+                u_in = self.strong(u_mix)
+                class_maps = F.one_hot(pseudo.clamp(max=self.num_classes), self.num_classes + 1)[..., :-1]
+                class_maps = class_maps.permute(0, 3, 1, 2).float()  # ignored pixels: all zeros
+        use_memory = self.iteration >= self.warmup_iters
+        self.bottleneck.set_context(n_l, class_maps, use_memory)
+        out = self.student(torch.cat([self.augment_labeled(labeled["image"]), u_in]))
+        logits_l, logits_u = out["logits"][:n_l], upsample(out["logits"][n_l:], size)
+        if o.framework == "allspark":
+            loss_u = supervised_ce(logits_u, pseudo)  # (A9): every pixel, no threshold
+        else:
+            loss_u = unsupervised_masked_ce(logits_u, pseudo, confidence, o.confidence_threshold)
+        return {"loss_sup": o.sup_weight * self.sup_loss(logits_l, labeled["mask"]),
+                "loss_unsup": o.unsup_weight * loss_u, "memory": float(use_memory), **logs}

@@ -197,6 +197,10 @@ def test_final_metrics_sigma2_auroc_matches_sklearn(digits_root, tmp_path):
     assert m["sigma2_error_auroc"] == pytest.approx(want, rel=1e-6)
     conf = logits.softmax(1).max(1).values
     assert m["confidence_error_auroc"] == pytest.approx(roc_auc_score(wrong, (1 - conf)[keep].numpy()), rel=1e-6)
+    cls = pred[keep].numpy()
+    within = [roc_auc_score(wrong[cls == j], sigma2.mean(1)[keep].numpy()[cls == j]) for j in range(11)
+              if 0 < wrong[cls == j].sum() < (cls == j).sum()]
+    assert m["sigma2_error_auroc_within_class"] == pytest.approx(np.mean(within), rel=1e-6)
     assert method.final_metrics(None) == {}
 
 

@@ -167,10 +167,15 @@ class PRCL(MeanTeacher):
         """``sigma2_error_auroc``: ROC AUC of the per-pixel mean sigma^2 for telling wrong
         teacher pseudo-labels from right ones on the unlabeled train images (hidden ground
         truth; 255 pixels ignored), and ``confidence_error_auroc``, the same for 1 - max
-        softmax (the baseline sigma^2 has to beat). Empty without hidden ground truth."""
+        softmax (the baseline sigma^2 has to beat). Empty without hidden ground truth.
+
+        Also ``sigma2_error_auroc_within_class`` (the AUROC inside each pseudo-label class,
+        averaged over the classes with both right and wrong pixels: it separates "sigma^2
+        flags errors" from "sigma^2 differs between classes with different error rates")
+        and ``sigma2_mean_right`` / ``sigma2_mean_wrong``."""
         if unlabeled_batches is None:
             return {}
-        scores, conf_scores, errors = [], [], []
+        scores, conf_scores, errors, classes = [], [], [], []
         for batch in unlabeled_batches:
             if "hidden_mask" not in batch:
                 return {}
@@ -183,9 +188,14 @@ class PRCL(MeanTeacher):
             scores.append(s2[keep])
             conf_scores.append(1.0 - conf[keep])
             errors.append((pseudo != gt)[keep].float())
+            classes.append(pseudo[keep].float())
         cat = lambda xs: dist.all_gather_cat(torch.cat(xs) if xs else torch.zeros(0))  # noqa: E731
         s, c, e = cat(scores).cpu().numpy(), cat(conf_scores).cpu().numpy(), cat(errors).cpu().numpy()
+        k = cat(classes).cpu().numpy()
+        within = [error_auroc(s[k == j], e[k == j]) for j in range(self.num_classes)]
+        within = [a for a in within if not math.isnan(a)]
         return {"sigma2_error_auroc": error_auroc(s, e), "confidence_error_auroc": error_auroc(c, e),
+                "sigma2_error_auroc_within_class": sum(within) / len(within) if within else math.nan,
                 "sigma2_mean_right": float(s[e == 0].mean()) if (e == 0).any() else math.nan,
                 "sigma2_mean_wrong": float(s[e == 1].mean()) if (e == 1).any() else math.nan}
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 # (method, split): the semi-supervised problem on 1_16, bounded by supervised 1_16 and full.
 # Longest first, so that two lanes finish close together.
-RUNS = [("css", "1_16"), ("reco", "1_16"), ("meanteacher", "1_16"), ("supervised", "1_16"), ("supervised", "full")]
+RUNS = [("css", "1_16"), ("prcl", "1_16"), ("reco", "1_16"), ("meanteacher", "1_16"), ("supervised", "1_16"),
+        ("supervised", "full")]
 # figures copied to figures/ for the README: (run, figure) -> name
 FIGURES = {("reco_1_16", "tsne.png"): "tsne_reco.png", ("reco_1_16", "predictions.png"): "predictions_reco.png",
            ("meanteacher_1_16", "pseudo_labels.png"): "pseudo_labels_meanteacher.png"}

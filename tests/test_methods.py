@@ -14,7 +14,7 @@ def _batches(cfg, method):
     return next(labeled), (next(unlabeled) if unlabeled is not None else None)
 
 
-@pytest.mark.parametrize("name", ["supervised", "meanteacher", "reco", "css", "rc2l", "supervised_maskformer", "allspark"])
+@pytest.mark.parametrize("name", ["supervised", "meanteacher", "reco", "css", "prcl", "rc2l", "supervised_maskformer", "allspark"])
 def test_one_training_step(name, digits_root, tmp_path):
     assert name in registered()
     cfg = load_config(f"digits/{name}", tiny_overrides(digits_root, tmp_path))
@@ -27,7 +27,7 @@ def test_one_training_step(name, digits_root, tmp_path):
     if method.uses_unlabeled:
         assert "loss_unsup" in losses or {"loss_rcc", "loss_rmc", "loss_rfc", "loss_smc"} <= set(losses)
         assert 0 <= out["pl_coverage"] <= 100  # digits carry hidden ground truth
-    if name in ("reco", "css"):
+    if name in ("reco", "css", "prcl"):
         assert "loss_contrast" in losses
     sum(losses.values()).backward()
     grads = {n: p.grad for n, p in method.student.named_parameters()}

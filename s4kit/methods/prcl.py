@@ -1,0 +1,213 @@
+"""``prcl``: the mean teacher plus probabilistic representation contrastive learning.
+
+Source: Xie et al., "Boosting Semi-Supervised Semantic Segmentation with Probabilistic
+Representations", AAAI 2023 (arXiv 2210.14670) and "PRCL: Probabilistic Representation
+Contrastive Learning for Semi-Supervised Semantic Segmentation", IJCV 2024 (arXiv
+2402.18117); reference/prcl.md (official code ``Haoyu-Xie/PRCL`` @ d8829da, which
+implements the AAAI version). ReCo with every pixel a diagonal Gaussian z = N(mu, sigma^2):
+
+    mu      = the representation head's output ``rep``            (B, D, h, w)
+    sigma^2 = a probability head on the decoder feature ``feat``  (B, D, h, w)       (P1)
+    s(z_i, z_j): mutual likelihood score instead of cosine                             (P2)
+    rho_c: product-of-Gaussians prototypes, gathered over DDP ranks                    (P4-P5)
+    L = L_s + L_u + lambda_c(t) L_prcl,  lambda_c(t) = w exp(-5 (t/T)^2)               (P6-P9)
+
+Design choices (all configurable, see ``PRCLOptions``):
+
+* The probability head is a ``ProbabilisticNet`` wrapper around the student, so DDP
+  averages its gradients; it has its own parameter group (``sigma_lr``: "soft freezing",
+  5e-5 against 3.2e-3 in the code; same poly schedule). The EMA teacher is a copy of the
+  wrapped student, so it carries an EMA of the head: the official teacher has none, and
+  nothing in training reads the teacher's sigma^2; s4kit uses it only for
+  ``final_metrics`` (sigma2_error_auroc) and latent snapshots.
+* Defaults are the official code: no variance term (``variance_reg=none``), batch
+  prototypes (``version=aaai``), tau = 100, delta_s = 0.8, delta_w = 0.7, delta_u = 0.97,
+  lambda_c ramping down over the whole run. As in s4kit's ReCo, classes with no hard anchor
+  do not count in the loss denominator (``literal_denominator=true`` restores the code).
+* Options the official code lacks, off by default (reference/prcl.md §6, §10, both
+  [interpretation]): ``variance_reg=custom`` (a KL-to-unit-Gaussian term on the anchors'
+  sigma^2, weight ``variance_reg_weight``) and ``version=ijcv_interpretation`` (global
+  distribution prototypes: a precision-weighted running fusion of the batch prototypes
+  with forgetting factor ``gdp_momentum``, used as positives and for negative-class
+  sampling, plus ``virtual_negatives`` per anchor drawn from them).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .. import dist
+from ..losses.prcl import prcl_loss, prototypes_from_stats, rampdown_weight, variance_regularizer
+from ..models.ema import make_teacher
+from ..models.probability import ProbabilisticNet, ProbabilityHead
+from .base import IGNORE_INDEX, register, unwrap, upsample
+from .meanteacher import MeanTeacher, MeanTeacherOptions
+from .reco import contrast_inputs
+
+
+@dataclass
+class PRCLOptions(MeanTeacherOptions):
+    """Options of ``prcl`` (reference/prcl.md §13); defaults are the official code's values."""
+
+    name: str = "prcl"
+    weak_threshold: float = 0.7  # delta_w: pseudo-label validity for the contrast
+    strong_threshold: float = 0.8  # delta_s: hard-anchor cut
+    temperature: float = 100.0  # tau, the divisor of the MLS
+    num_queries: int = 256  # Q anchors per class
+    num_negatives: int = 512  # M_k negatives per anchor
+    contrast_weight: float = 1.0  # w: lambda_c at t = 0
+    contrast_schedule: str = "rampdown"  # rampdown: w exp(mult (t/T)^2) over the run (P9) | constant: w
+    rampdown_mult: float = -5.0
+    sigma_lr: float = 5.0e-5  # peak lr of the probability head (its lr_mult = sigma_lr / optim.lr)
+    sigma_head_input: str = "feat"  # feat (code: raw decoder concatenation) | rep (the mean mu)
+    variance_reg: str = "none"  # none (code) | custom ([interpretation], see losses.prcl.variance_regularizer)
+    variance_reg_weight: float = 0.01
+    version: str = "aaai"  # aaai (code: batch prototypes) | ijcv_interpretation (global prototypes + VNs)
+    gdp_momentum: float = 0.99  # forgetting factor of the global prototypes' accumulated precision
+    virtual_negatives: int = 0  # per anchor, ijcv_interpretation only
+    literal_denominator: bool = False  # the code counts classes without hard anchors in (P7)
+
+
+@register("prcl")
+class PRCL(MeanTeacher):
+    """Mean teacher + PRCL; adds ``loss_contrast`` (and ``loss_var`` with ``variance_reg=custom``).
+
+    Diagnostics in ``train_step``'s output: ``contrast_lambda`` (lambda_c of this step),
+    ``sigma2_mean`` (mean student sigma^2 on the unlabeled strong view).
+    Raises ``ValueError`` for unknown ``contrast_schedule``, ``sigma_head_input``,
+    ``variance_reg`` or ``version`` values, or a non-positive ``sigma_lr``.
+    """
+
+    Options = PRCLOptions
+    uses_representation = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        o = self.opts
+        for key, allowed in (("contrast_schedule", ("rampdown", "constant")), ("sigma_head_input", ("feat", "rep")),
+                             ("variance_reg", ("none", "custom")), ("version", ("aaai", "ijcv_interpretation"))):
+            if o[key] not in allowed:
+                raise ValueError(f"method.{key}={o[key]!r}: expected one of {allowed}")
+        if o.sigma_lr <= 0:
+            raise ValueError(f"method.sigma_lr={o.sigma_lr}: must be > 0")
+        net = self.student
+        cin = net.feat_channels if o.sigma_head_input == "feat" else net.rep_dim
+        self.student = ProbabilisticNet(net, ProbabilityHead(cin, net.rep_dim), o.sigma_head_input)
+        self.teacher = make_teacher(self.student)
+        K, D = self.num_classes, net.rep_dim
+        # global distribution prototypes (P10 with forgetting): accumulated precision and
+        # precision-weighted means; always tracked (they are what ``prototypes()`` shows),
+        # used by the loss only with version=ijcv_interpretation
+        self.register_buffer("gdp_precision", torch.zeros(K, D))
+        self.register_buffer("gdp_weighted", torch.zeros(K, D))
+
+    # -- optimiser ---------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        """Encoder (lr_mult 1), decoder and heads (``optim.head_lr_mult``), probability head
+        (lr_mult = ``sigma_lr / optim.lr``: the official separate optimiser at 5e-5)."""
+        net = unwrap(self.student)
+        named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+        enc = [p for n, p in named if n.startswith("net.encoder.")]
+        sig = [p for n, p in named if n.startswith("sigma_head.")]
+        rest = [p for n, p in named if not n.startswith(("net.encoder.", "sigma_head."))]
+        return [{"params": enc, "lr_mult": 1.0, "name": "encoder"},
+                {"params": rest, "lr_mult": float(self.cfg.optim.head_lr_mult), "name": "decoder"},
+                {"params": sig, "lr_mult": float(self.opts.sigma_lr) / float(self.cfg.optim.lr), "name": "sigma_head"}]
+
+    # -- the loss ------------------------------------------------------------------------------
+    def contrast_lambda(self) -> float:
+        """lambda_c at ``self.iteration`` (P9 over the run's ``total_iters``, or constant)."""
+        o = self.opts
+        if o.contrast_schedule == "constant":
+            return float(o.contrast_weight)
+        return float(o.contrast_weight) * rampdown_weight(self.iteration, self.total_iters, o.rampdown_mult)
+
+    def global_prototypes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu_G, sigma2_G)`` (K, D) from the running statistics; NaN rows for unseen classes."""
+        return prototypes_from_stats(self.gdp_precision, self.gdp_weighted)
+
+    def extra_losses(self, ctx: dict) -> dict:
+        o = self.opts
+        mu, labels, valid, prob = contrast_inputs(ctx, o.weak_threshold)
+        sigma2 = torch.cat([ctx["out_l"]["sigma2"], ctx["out_u"]["sigma2"]]).float()
+        ijcv = o.version == "ijcv_interpretation"
+        gdp = self.global_prototypes() if ijcv and bool((self.gdp_precision > 0).any()) else None
+        loss, (prec, weighted) = prcl_loss(mu, sigma2, labels, valid, prob, self.num_classes, o.strong_threshold,
+                                           o.temperature, o.num_queries, o.num_negatives, o.literal_denominator,
+                                           reduce=dist.all_reduce_sum, global_prototypes=gdp,
+                                           virtual_negatives=o.virtual_negatives if ijcv else 0)
+        with torch.no_grad():  # (P10) with forgetting
+            self.gdp_precision.mul_(o.gdp_momentum).add_(prec)
+            self.gdp_weighted.mul_(o.gdp_momentum).add_(weighted)
+        lam = self.contrast_lambda()
+        out = {"loss_contrast": lam * loss, "contrast_lambda": lam,
+               "sigma2_mean": float(ctx["out_u"]["sigma2"].detach().float().mean())}
+        if o.variance_reg == "custom":
+            keep = valid & (labels != IGNORE_INDEX)
+            s2 = sigma2.permute(0, 2, 3, 1)[keep]
+            out["loss_var"] = o.variance_reg_weight * (variance_regularizer(s2) if s2.numel() else sigma2.sum() * 0)
+        return out
+
+    # -- hooks for figures and metrics ---------------------------------------------------------
+    def prototypes(self) -> torch.Tensor | None:
+        """mu of the global distribution prototypes (K, D), NaN rows for classes never seen;
+        ``None`` before the first training step."""
+        if not bool((self.gdp_precision > 0).any()):
+            return None
+        return self.global_prototypes()[0]
+
+    def snapshot_extras(self, outputs: dict) -> dict[str, torch.Tensor]:
+        """``sigma2``: the mean over dimensions of the evaluation model's sigma^2, (B, h, w)."""
+        return {"sigma2": outputs["sigma2"].float().mean(1)} if "sigma2" in outputs else {}
+
+    @torch.no_grad()
+    def final_metrics(self, unlabeled_batches) -> dict:
+        """``sigma2_error_auroc``: ROC AUC of the per-pixel mean sigma^2 for telling wrong
+        teacher pseudo-labels from right ones on the unlabeled train images (hidden ground
+        truth; 255 pixels ignored), and ``confidence_error_auroc``, the same for 1 - max
+        softmax (the baseline sigma^2 has to beat). Empty without hidden ground truth.
+
+        Also ``sigma2_error_auroc_within_class`` (the AUROC inside each pseudo-label class,
+        averaged over the classes with both right and wrong pixels: it separates "sigma^2
+        flags errors" from "sigma^2 differs between classes with different error rates")
+        and ``sigma2_mean_right`` / ``sigma2_mean_wrong``."""
+        if unlabeled_batches is None:
+            return {}
+        scores, conf_scores, errors, classes = [], [], [], []
+        for batch in unlabeled_batches:
+            if "hidden_mask" not in batch:
+                return {}
+            out = self.forward_eval(batch["image"])
+            size = batch["image"].shape[-2:]
+            conf, pseudo = upsample(out["logits"].float(), size).softmax(1).max(1)
+            s2 = upsample(out["sigma2"].float().mean(1, keepdim=True), size)[:, 0]
+            gt = batch["hidden_mask"]
+            keep = gt != IGNORE_INDEX
+            scores.append(s2[keep])
+            conf_scores.append(1.0 - conf[keep])
+            errors.append((pseudo != gt)[keep].float())
+            classes.append(pseudo[keep].float())
+        cat = lambda xs: dist.all_gather_cat(torch.cat(xs) if xs else torch.zeros(0))  # noqa: E731
+        s, c, e = cat(scores).cpu().numpy(), cat(conf_scores).cpu().numpy(), cat(errors).cpu().numpy()
+        k = cat(classes).cpu().numpy()
+        within = [error_auroc(s[k == j], e[k == j]) for j in range(self.num_classes)]
+        within = [a for a in within if not math.isnan(a)]
+        return {"sigma2_error_auroc": error_auroc(s, e), "confidence_error_auroc": error_auroc(c, e),
+                "sigma2_error_auroc_within_class": sum(within) / len(within) if within else math.nan,
+                "sigma2_mean_right": float(s[e == 0].mean()) if (e == 0).any() else math.nan,
+                "sigma2_mean_wrong": float(s[e == 1].mean()) if (e == 1).any() else math.nan}
+
+
+def error_auroc(scores, errors) -> float:
+    """ROC AUC (``sklearn.metrics.roc_auc_score``) of ``scores`` float (N,) for telling
+    ``errors`` (N,) = 1 (wrong pseudo-label) from 0 (right): a plain AUC in [0, 1] (not a
+    percentage), 0.5 = no signal; NaN if only one kind occurs."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    errors = np.asarray(errors)
+    if errors.size == 0 or errors.min() == errors.max():
+        return math.nan
+    return float(roc_auc_score(errors, np.asarray(scores)))

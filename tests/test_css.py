@@ -291,3 +291,21 @@ def test_eval_crop_mode_is_the_official_random_crop():
     with pytest.warns(UserWarning, match="absent"):  # class 1 never occurs here
         out = evaluate(lambda x: torch.zeros(x.shape[0], 2, *x.shape[-2:]), data, 2, "cpu", mode="crop", window=4)
     assert int(out["confusion"].sum()) == 3 * 16
+
+
+def test_a_css_run_draws_its_label_sources(digits_root, tmp_path):
+    """Every css run leaves the precision/coverage curves of the logit, rep and mix labels
+    (from its log.csv) in its figures folder; methods with one label source do not."""
+    import csv
+
+    from s4kit.engine import train
+
+    run = tmp_path / "css"
+    train(load_config("digits/css", tiny_overrides(digits_root, run, iters=4)), progress=False)
+    with (run / "log.csv").open() as f:
+        header = next(csv.reader(f))
+    assert {"pl_coverage_logit", "pl_coverage_rep", "pl_coverage_mix"} <= set(header)
+    assert (run / "figures" / "label_sources.png").stat().st_size > 1000
+    mt = tmp_path / "mt"
+    train(load_config("digits/meanteacher", tiny_overrides(digits_root, mt, iters=2)), progress=False)
+    assert (mt / "figures" / "pseudo_labels.png").exists() and not (mt / "figures" / "label_sources.png").exists()

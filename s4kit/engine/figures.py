@@ -6,7 +6,8 @@
   loss trains it, else the decoder feature) coloured by true class, wrong
   predictions ringed red, class prototypes as stars (the method's own prototypes where it
   keeps some, else the class means of the val representations), placed by ``transform``;
-* ``losses.png`` and, with hidden ground truth, ``pseudo_labels.png`` from ``log.csv``.
+* ``losses.png`` and, with hidden ground truth, ``pseudo_labels.png`` from ``log.csv``, plus
+  ``label_sources.png`` (precision and coverage per label source) when the method logs several (css).
 """
 from __future__ import annotations
 
@@ -88,4 +89,8 @@ def run_figures(cfg, method, device, run_dir: Path, result: dict, names: list[st
         pl_keys = sorted({k for r in rows for k in r if k.startswith("pl_precision") or k.startswith("pl_coverage")})
         if pl_keys:
             out.append(F.curves(fig_dir / "pseudo_labels.png", rows, pl_keys, title, "% of pixels"))
+        if any(k.startswith("pl_coverage_") for k in pl_keys):  # several label sources (css)
+            from ..viz.label_sources import label_source_figure
+
+            out.append(label_source_figure(run_dir))
     return out

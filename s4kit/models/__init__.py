@@ -21,18 +21,25 @@ def register_model(name: str):
     return wrap
 
 
-@register_model("deeplabv3plus")
-def build_deeplabv3plus(mcfg, num_classes: int) -> nn.Module:
-    """DeepLabV3+ on ``model.backbone`` (``small`` or a torchvision ResNet), see ``deeplab.py``.
-
-    Pretrained encoder weights load strictly from ``model.pretrained`` (a local path).
-    """
+def build_cnn_encoder(mcfg) -> nn.Module:
+    """The DeepLabV3+ encoder of ``model.backbone`` (``small`` or a torchvision ResNet) at
+    ``model.output_stride``; pretrained weights load strictly from ``model.pretrained``."""
     if mcfg.backbone == "small":
         encoder = SmallEncoder(mcfg.width, mcfg.output_stride)
     else:
         encoder = ResNetEncoder(mcfg.backbone, mcfg.output_stride)
     if mcfg.pretrained:
         load_encoder_weights(encoder, mcfg.pretrained)
+    return encoder
+
+
+@register_model("deeplabv3plus")
+def build_deeplabv3plus(mcfg, num_classes: int) -> nn.Module:
+    """DeepLabV3+ on ``model.backbone`` (``small`` or a torchvision ResNet), see ``deeplab.py``.
+
+    Pretrained encoder weights load strictly from ``model.pretrained`` (a local path).
+    """
+    encoder = build_cnn_encoder(mcfg)
     return DeepLabV3Plus(encoder, num_classes, mcfg.rep_dim, mcfg.aspp_channels, mcfg.low_channels,
                          mcfg.head_channels, tuple(mcfg.aspp_rates))
 
@@ -41,12 +48,7 @@ def build_deeplabv3plus(mcfg, num_classes: int) -> nn.Module:
 def build_maskformer(mcfg, num_classes: int) -> nn.Module:
     """DeepLabV3+ encoder/decoder with a MaskFormer mask-classification head (``maskformer.py``);
     E = ``model.rep_dim``, N = ``model.num_queries``, decoder ``model.dec_*``."""
-    if mcfg.backbone == "small":
-        encoder = SmallEncoder(mcfg.width, mcfg.output_stride)
-    else:
-        encoder = ResNetEncoder(mcfg.backbone, mcfg.output_stride)
-    if mcfg.pretrained:
-        load_encoder_weights(encoder, mcfg.pretrained)
+    encoder = build_cnn_encoder(mcfg)
     return MaskFormerHead(encoder, num_classes, mcfg.rep_dim, mcfg.num_queries, mcfg.dec_layers, mcfg.dec_heads,
                           mcfg.dec_ffn, mcfg.dec_dropout, mcfg.aspp_channels, mcfg.low_channels, mcfg.head_channels,
                           tuple(mcfg.aspp_rates))

@@ -56,6 +56,34 @@ def sample_keys_by_class(reps: torch.Tensor, labels: torch.Tensor, classes: torc
     return reps[order[pick]]
 
 
+def class_infonce(reps: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, i: int, hard: torch.Tensor,
+                  positive: torch.Tensor, class_scores: torch.Tensor, temperature: float, num_queries: int,
+                  num_negatives: int) -> torch.Tensor:
+    """l_c of (S8) for class ``classes[i]``: M_q anchors drawn uniformly (with replacement)
+    from its hard pixels, each against the positive key and M_k negative keys.
+
+    Args:
+        reps (N, D), labels (N,): the valid pixels; classes (n,): the present classes.
+        hard: int64 (H,) indices into ``reps`` of the class's hard anchors (H > 0).
+        positive: (D,) the positive key (ReCo: the batch class mean; CSS: the EMA prototype).
+        class_scores: (n,) relation scores of class i to every class, already divided by
+            tau; negative classes c' != c are drawn from their softmax (S7).
+        temperature: tau of (S8); num_queries: M_q; num_negatives: M_k.
+
+    Returns the mean InfoNCE over the anchors (a scalar). Keys carry no gradient; the
+    random draws are, in order: anchors, negative classes, negative pixels.
+    """
+    anchors = reps[hard[torch.randint(hard.numel(), (num_queries,), device=reps.device)]]
+    with torch.no_grad():
+        others = torch.cat([torch.arange(i), torch.arange(i + 1, len(classes))]).to(reps.device)
+        pi = class_scores[others].softmax(0)
+        drawn = others[torch.multinomial(pi, num_queries * num_negatives, replacement=True)]
+        negatives = sample_keys_by_class(reps.detach(), labels, classes, drawn.view(num_queries, num_negatives))
+        keys = torch.cat([positive.expand(num_queries, 1, -1), negatives], dim=1)  # (M_q, 1 + M_k, D)
+    logits = F.cosine_similarity(anchors.unsqueeze(1), keys, dim=-1) / temperature
+    return F.cross_entropy(logits, torch.zeros(num_queries, dtype=torch.long, device=reps.device))
+
+
 def reco_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prob: torch.Tensor,
               strong_threshold: float = 0.97, temperature: float = 0.5, num_queries: int = 256,
               num_negatives: int = 512, literal_denominator: bool = False) -> torch.Tensor:
@@ -96,15 +124,8 @@ def reco_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prob
             continue
         if not literal_denominator:
             counted += 1
-        anchors = reps[hard[torch.randint(hard.numel(), (num_queries,), device=rep.device)]]
-        with torch.no_grad():
-            others = torch.cat([torch.arange(i), torch.arange(i + 1, len(classes))]).to(rep.device)
-            pi = proto_sim[i, others].softmax(0)
-            drawn = others[torch.multinomial(pi, num_queries * num_negatives, replacement=True)]
-            negatives = sample_keys_by_class(reps.detach(), lab, classes, drawn.view(num_queries, num_negatives))
-            keys = torch.cat([protos[i].expand(num_queries, 1, -1), negatives], dim=1)  # (M_q, 1 + M_k, D)
-        logits = F.cosine_similarity(anchors.unsqueeze(1), keys, dim=-1) / temperature
-        losses.append(F.cross_entropy(logits, torch.zeros(num_queries, dtype=torch.long, device=rep.device)))
+        losses.append(class_infonce(reps, lab, classes, i, hard, protos[i], proto_sim[i], temperature, num_queries,
+                                    num_negatives))
     if not losses:
         return zero
     return torch.stack(losses).sum() / counted + zero

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .contrast import flatten_pixels, sample_keys_by_class
+from .contrast import class_infonce, flatten_pixels
 
 IGNORE_INDEX = 255
 
@@ -183,15 +183,8 @@ def css_contrast_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
         counted += int(literal_denominator or hard.numel() > 0)
         if hard.numel() == 0:
             continue
-        anchors = reps[hard[torch.randint(hard.numel(), (num_queries,), device=rep.device)]]
-        with torch.no_grad():
-            others = torch.cat([torch.arange(i), torch.arange(i + 1, len(classes))]).to(rep.device)
-            pi = proto_sim[i, others].softmax(0)
-            drawn = others[torch.multinomial(pi, num_queries * num_negatives, replacement=True)]
-            negatives = sample_keys_by_class(reps.detach(), lab, classes, drawn.view(num_queries, num_negatives))
-            keys = torch.cat([protos[i].expand(num_queries, 1, -1), negatives], dim=1)  # (Q, 1 + M, D)
-        logits = F.cosine_similarity(anchors.unsqueeze(1), keys, dim=-1) / temperature
-        losses.append(F.cross_entropy(logits, torch.zeros(num_queries, dtype=torch.long, device=rep.device)))
+        losses.append(class_infonce(reps, lab, classes, i, hard, protos[i], proto_sim[i], temperature, num_queries,
+                                    num_negatives))
     if not losses:
         return zero
     return torch.stack(losses).sum() / counted + zero

@@ -20,7 +20,8 @@ RUNS = [("css", "1_16"), ("prcl", "1_16"), ("reco", "1_16"), ("meanteacher", "1_
         ("supervised", "full")]
 # figures copied to figures/ for the README: (run, figure) -> name
 FIGURES = {("reco_1_16", "tsne.png"): "tsne_reco.png", ("reco_1_16", "predictions.png"): "predictions_reco.png",
-           ("meanteacher_1_16", "pseudo_labels.png"): "pseudo_labels_meanteacher.png"}
+           ("meanteacher_1_16", "pseudo_labels.png"): "pseudo_labels_meanteacher.png",
+           ("css_1_16", "label_sources.png"): "label_sources_css.png"}
 
 
 def results_figure(rows: list[dict], path: Path) -> Path:

@@ -31,6 +31,7 @@ table: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/step_cost.py
+	$(BIN)/python benchmarks/tsne_cost.py
 
 clean-demo:
 	rm -rf $(DEMO)

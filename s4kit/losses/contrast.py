@@ -84,6 +84,39 @@ def class_infonce(reps: torch.Tensor, labels: torch.Tensor, classes: torch.Tenso
     return F.cross_entropy(logits, torch.zeros(num_queries, dtype=torch.long, device=reps.device))
 
 
+def hard_anchor_contrast(reps: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, own_score: torch.Tensor,
+                         prototypes: torch.Tensor, strong_threshold: float, temperature: float, num_queries: int,
+                         num_negatives: int, literal_denominator: bool = False) -> torch.Tensor:
+    """(S6)-(S9) on flattened valid pixels, shared by ReCo and CSS.
+
+    Args:
+        reps (N, D), labels (N,): the valid pixels; classes (n,): the present classes (n >= 2).
+        own_score: (N,) each pixel's score for its own label, without gradient; pixels
+            below ``strong_threshold`` are the hard anchors (S6). ReCo: the student's
+            probability; CSS: the similarity indicator.
+        prototypes: (n, D) positive keys, one per present class (ReCo: batch class means;
+            CSS: EMA prototypes); their cosine similarities / tau drive (S7).
+        temperature, num_queries, num_negatives: tau, M_q, M_k.
+        literal_denominator: n counts classes without hard anchors too (ReCo code, defect 4).
+
+    Returns the mean of l_c over the counted classes, or ``reps.sum() * 0`` if no class
+    has a hard anchor.
+    """
+    with torch.no_grad():
+        proto_sim = F.cosine_similarity(prototypes.unsqueeze(1), prototypes.unsqueeze(0), dim=-1) / temperature
+    losses, counted = [], 0
+    for i, c in enumerate(classes):
+        hard = torch.nonzero((labels == c) & (own_score < strong_threshold)).squeeze(1)
+        counted += int(literal_denominator or hard.numel() > 0)
+        if hard.numel() == 0:
+            continue
+        losses.append(class_infonce(reps, labels, classes, i, hard, prototypes[i], proto_sim[i], temperature,
+                                    num_queries, num_negatives))
+    if not losses:
+        return reps.sum() * 0.0
+    return torch.stack(losses).sum() / counted
+
+
 def reco_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prob: torch.Tensor,
               strong_threshold: float = 0.97, temperature: float = 0.5, num_queries: int = 256,
               num_negatives: int = 512, literal_denominator: bool = False) -> torch.Tensor:
@@ -114,18 +147,5 @@ def reco_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prob
         p_label = prob.detach().permute(0, 2, 3, 1)[valid & (labels != IGNORE_INDEX)]
         p_label = p_label.gather(1, lab.unsqueeze(1)).squeeze(1)
         protos = class_means(reps.detach(), lab, classes)
-        proto_sim = F.cosine_similarity(protos.unsqueeze(1), protos.unsqueeze(0), dim=-1) / temperature
-    losses, counted = [], 0
-    for i, c in enumerate(classes):
-        hard = torch.nonzero((lab == c) & (p_label < strong_threshold)).squeeze(1)
-        if literal_denominator:
-            counted += 1
-        if hard.numel() == 0:
-            continue
-        if not literal_denominator:
-            counted += 1
-        losses.append(class_infonce(reps, lab, classes, i, hard, protos[i], proto_sim[i], temperature, num_queries,
-                                    num_negatives))
-    if not losses:
-        return zero
-    return torch.stack(losses).sum() / counted + zero
+    return hard_anchor_contrast(reps, lab, classes, p_label, protos, strong_threshold, temperature, num_queries,
+                                num_negatives, literal_denominator) + zero

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .contrast import class_infonce, flatten_pixels
+from .contrast import flatten_pixels, hard_anchor_contrast
 
 IGNORE_INDEX = 255
 
@@ -176,18 +176,8 @@ def css_contrast_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
         j = indicator.detach().permute(0, 2, 3, 1)[valid & (labels != IGNORE_INDEX)]
         j = j.gather(1, lab.unsqueeze(1)).squeeze(1)
         protos = prototypes.detach().float()[classes]
-        proto_sim = F.cosine_similarity(protos.unsqueeze(1), protos.unsqueeze(0), dim=-1) / temperature
-    losses, counted = [], 0
-    for i, c in enumerate(classes):
-        hard = torch.nonzero((lab == c) & (j < strong_threshold)).squeeze(1)
-        counted += int(literal_denominator or hard.numel() > 0)
-        if hard.numel() == 0:
-            continue
-        losses.append(class_infonce(reps, lab, classes, i, hard, protos[i], proto_sim[i], temperature, num_queries,
-                                    num_negatives))
-    if not losses:
-        return zero
-    return torch.stack(losses).sum() / counted + zero
+    return hard_anchor_contrast(reps, lab, classes, j, protos, strong_threshold, temperature, num_queries,
+                                num_negatives, literal_denominator) + zero
 
 
 def contrast_rampdown(iteration: int, total: int, schedule: str = "global_rampdown", epoch_length: int = 1) -> float:

@@ -87,6 +87,8 @@ class ModelConfig:
     dec_heads: int = 8
     dec_ffn: int = 2048
     dec_dropout: float = 0.1
+    dec_memory: str = "aspp"  # what the queries attend to: aspp (MaskFormer-like) | pixel (the embedding F)
+    masked_attention: bool = False  # Mask2Former's masked cross-attention + learned query features
     # model.name=segformer only
     encoder: str = "mit_b0"  # mit_b0 .. mit_b5 (segmentation-models-pytorch)
     decoder_dim: int = 256  # all-MLP decoder width D (768 for b2-b5)

@@ -9,7 +9,7 @@ from s4kit.config import load_config
 from s4kit.data.loaders import build_train_streams
 from s4kit.losses import region as R
 from s4kit.methods import build_method
-from s4kit.models.maskformer import semantic_inference, sine_positions
+from s4kit.models.maskformer import DecoderLayer, MaskFormerHead, masked_attention_mask, semantic_inference, sine_positions
 
 from conftest import tiny_overrides
 
@@ -76,6 +76,43 @@ def test_semantic_inference_of_one_hot_masks_reproduces_the_label_map():
     assert sem.shape == (1, k, 6, 6)
     assert torch.equal(sem.argmax(1)[0], classes[lab])
     assert sem.max() <= 1.0 + 1e-4 and sem[0, 1].max() < 1e-3  # class 1 is absent
+
+
+def test_masked_attention_mask_by_hand():
+    # 2 queries on a 2x2 grid: query 0 covers the left column, query 1 no pixel at all
+    logits = torch.tensor([[[[3.0, -3.0], [1.0, -1.0]], [[-2.0, -2.0], [-2.0, -2.0]]]])
+    m = masked_attention_mask(logits, (2, 2), heads=3)
+    assert m.shape == (3, 2, 4) and m.dtype == torch.bool
+    assert m[0, 0].tolist() == [False, True, False, True]  # blocked where sigmoid < 0.5
+    assert m[:, 1].any().item() is False  # an empty mask attends everywhere (Mask2Former)
+    assert torch.equal(m[0], m[2])  # the same mask for every head
+
+
+def test_masked_cross_attention_ignores_blocked_memory():
+    torch.manual_seed(0)
+    layer = DecoderLayer(8, 2, 16, 0.0).eval()
+    q, qpos = torch.randn(1, 2, 8), torch.randn(1, 2, 8)
+    mem, mpos = torch.randn(1, 4, 8), torch.randn(1, 4, 8)
+    mem2 = mem.clone()
+    mem2[:, 2:] += 5 * torch.randn(1, 2, 8)  # change memory tokens 2 and 3 only
+    blocked = torch.tensor([[[False, False, True, True]] * 2]).repeat_interleave(2, 0)  # no query sees 2, 3
+    assert torch.allclose(layer(q, qpos, mem2, mpos, blocked), layer(q, qpos, mem, mpos, blocked), atol=1e-6)
+    assert (layer(q, qpos, mem2, mpos) - layer(q, qpos, mem, mpos)).abs().max() > 1e-2  # unmasked: they matter
+
+
+@pytest.mark.parametrize("memory", ["aspp", "pixel"])
+def test_maskformer_head_options_shapes(memory):
+    from s4kit.models.backbones import SmallEncoder
+
+    torch.manual_seed(0)
+    head = MaskFormerHead(SmallEncoder(8, 8), 5, mask_dim=16, num_queries=6, dec_layers=2, dec_heads=2, dec_ffn=32,
+                          dropout=0.0, aspp_channels=16, low_channels=8, head_channels=16, aspp_rates=(1, 2, 3),
+                          memory=memory, masked_attention=True).eval()
+    out = head(torch.randn(2, 3, 32, 32))
+    assert out["pred_logits"].shape == (2, 6, 6) and out["pred_masks"].shape == (2, 6, 8, 8)
+    assert len(out["aux"]) == 2  # the prediction from q_0 and the first layer's (deep supervision)
+    with pytest.raises(ValueError, match="dec_memory"):
+        MaskFormerHead(SmallEncoder(8, 8), 5, mask_dim=16, memory="fpn")
 
 
 def test_mask_average_pool():

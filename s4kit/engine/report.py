@@ -9,7 +9,8 @@ import numpy as np
 
 from ..config import ConfigError
 
-METHOD_ORDER = ["supervised", "meanteacher", "reco", "css", "prcl", "rc2l", "allspark"]
+METHOD_ORDER = ["supervised", "meanteacher", "reco", "css", "prcl", "supervised_maskformer", "rc2l", "allspark"]
+MODEL_ORDER = ["", "maskformer", "segformer"]  # DeepLabV3+ methods first, then each head with its baseline
 
 
 def collect_metrics(runs_dir: str | Path) -> list[dict]:
@@ -44,12 +45,14 @@ def summarize(metrics: list[dict]) -> list[dict]:
 
     def order(key):
         d, meth, model, split = key
-        return (d, split, METHOD_ORDER.index(meth) if meth in METHOD_ORDER else 99, meth, model)
+        return (d, split, MODEL_ORDER.index(model) if model in MODEL_ORDER else 99,
+                METHOD_ORDER.index(meth) if meth in METHOD_ORDER else 99, meth, model)
 
     rows = []
     for key in sorted(groups, key=order):
         ms = groups[key]
-        rows.append({"dataset": key[0], "method": key[1] + (f" ({key[2]})" if key[2] else ""), "split": key[3],
+        label = key[1] + (f" ({key[2]})" if key[2] and key[2] not in key[1] else "")
+        rows.append({"dataset": key[0], "method": label, "split": key[3],
                      "n_labeled": ms[0].get("n_labeled", ""), "seeds": len(ms),
                      "miou": _mean_std([m["miou"] for m in ms]),
                      "pl_precision": _mean_std([m.get("pseudo_label_precision") for m in ms]),

@@ -372,6 +372,9 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
         names = [str(k) for k in range(cfg.data.num_classes)]
     metrics = {
         "method": cfg.method.name, "dataset": cfg.data.dataset, "split": cfg.data.split,
+        # the network, when not the default DeepLabV3+: the results table keeps "supervised
+        # (segformer)" apart from "supervised"
+        "model": "" if cfg.model.name == "deeplabv3plus" else cfg.model.name,
         "n_labeled": n_images(cfg, "labeled"), "seed": cfg.train.seed, "iters": cfg.train.iters,
         "miou": result["miou"], "per_class_iou": dict(zip(names, result["per_class_iou"])),
         "pixel_acc": result["pixel_acc"], "best_miou": max(best["miou"], result["miou"]),

@@ -51,7 +51,7 @@ def build_maskformer(mcfg, num_classes: int) -> nn.Module:
     encoder = build_cnn_encoder(mcfg)
     return MaskFormerHead(encoder, num_classes, mcfg.rep_dim, mcfg.num_queries, mcfg.dec_layers, mcfg.dec_heads,
                           mcfg.dec_ffn, mcfg.dec_dropout, mcfg.aspp_channels, mcfg.low_channels, mcfg.head_channels,
-                          tuple(mcfg.aspp_rates))
+                          tuple(mcfg.aspp_rates), memory=mcfg.dec_memory, masked_attention=mcfg.masked_attention)
 
 
 @register_model("segformer")

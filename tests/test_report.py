@@ -1,0 +1,20 @@
+"""The results table: grouping by (method, model, split), mean ± std over seeds, row order."""
+from s4kit.engine.report import summarize
+
+
+def _m(method, model, miou, seed, split="1_16"):
+    return {"dataset": "digits", "method": method, "model": model, "split": split, "miou": miou, "seed": seed}
+
+
+def test_summarize_keeps_networks_apart_and_orders_baselines_before_methods():
+    runs = [_m("allspark", "segformer", 30.0, 0), _m("supervised", "segformer", 20.0, 0),
+            _m("supervised", "segformer", 22.0, 1), _m("supervised", "", 33.0, 0), _m("rc2l", "maskformer", 31.0, 0),
+            _m("supervised_maskformer", "maskformer", 26.0, 0), _m("meanteacher", "", 36.0, 0),
+            _m("supervised", "", 60.0, 0, split="full"), {**_m("reco", "", 32.0, 0), "model": None}]
+    runs[-1].pop("model")  # runs written before the "model" entry existed count as DeepLabV3+
+    rows = summarize(runs)
+    assert [r["method"] for r in rows] == ["supervised", "meanteacher", "reco", "supervised_maskformer", "rc2l (maskformer)",
+                                          "supervised (segformer)", "allspark (segformer)", "supervised"]
+    seg = rows[5]
+    assert seg["seeds"] == 2 and seg["miou"] == "21.0 ± 1.4"  # mean and sample std of 20, 22
+    assert rows[-1]["split"] == "full"

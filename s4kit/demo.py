@@ -14,10 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-# (method, split): the semi-supervised problem on 1_16, bounded by supervised 1_16 and full.
-# Longest first, so that two lanes finish close together.
-RUNS = [("css", "1_16"), ("prcl", "1_16"), ("reco", "1_16"), ("meanteacher", "1_16"), ("supervised", "1_16"),
-        ("supervised", "full")]
+# (preset, split): the semi-supervised problem on 1_16, bounded by supervised 1_16 and full;
+# rc2l and allspark each with the supervised baseline of their own network (mask-classification
+# head, SegFormer). Longest first, so that two lanes finish close together.
+RUNS = [("rc2l", "1_16"), ("allspark", "1_16"), ("prcl", "1_16"), ("reco", "1_16"), ("css", "1_16"),
+        ("supervised_maskformer", "1_16"), ("meanteacher", "1_16"), ("supervised_segformer", "1_16"),
+        ("supervised", "full"), ("supervised", "1_16")]
 # figures copied to figures/ for the README: (run, figure) -> name
 FIGURES = {("reco_1_16", "tsne.png"): "tsne_reco.png", ("reco_1_16", "predictions.png"): "predictions_reco.png",
            ("meanteacher_1_16", "pseudo_labels.png"): "pseudo_labels_meanteacher.png",
@@ -103,7 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--figures", default="figures", help="folder for README figures ('' to skip)")
-    p.add_argument("--methods", nargs="*", default=None, help="restrict to these methods")
+    p.add_argument("--methods", nargs="*", default=None, help="restrict to these presets (e.g. rc2l supervised)")
     p.add_argument("--max-iters", type=int, default=0)
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (default 2)")
     args = p.parse_args(argv)

@@ -326,3 +326,11 @@ def test_region_losses_vanish_when_student_equals_teacher(digits_root, tmp_path)
     assert worse["rmc"] > 1.0 and worse["smc"] > 0.5
     _, hung, _, _ = _method("rc2l", digits_root, tmp_path / "h", ["method.matching=hungarian"])
     assert hung.region_losses(out, out, valid)["rcc"] < 1e-4
+
+
+def test_rcc_ignores_queries_with_target_minus_one():
+    logits = torch.randn(1, 4, 4)
+    t = torch.tensor([[1, 3, -1, -1]])  # queries 2 and 3 are left out
+    kept = R.rcc_loss(logits[:, :2], t[:, :2])
+    assert torch.allclose(R.rcc_loss(logits, t), kept)
+    assert R.rcc_loss(logits, torch.full((1, 4), -1)).item() == 0.0  # nothing kept: 0, not NaN

@@ -222,16 +222,22 @@ def rcc_loss(class_logits: torch.Tensor, targets: torch.Tensor, no_object_weight
     Args:
         class_logits: student (B, N, K+1) or (N, K+1).
         targets: int64 of the same leading shape: the matched teacher region's class, K (∅)
-            for unmatched queries.
+            for unmatched queries (or -1: not supervised).
         no_object_weight: w_∅ (MaskFormer's 0.1).
 
-    Returns the weighted CE, normalised by the sum of the weights (a scalar). With no teacher
-    region every target is ∅: the loss teaches the no-object class (reference §12).
+    A target of -1 leaves that query out (``rc2l``'s ``rcc_unmatched=ignore``).
+
+    Returns the weighted CE, normalised by the sum of the weights of the kept queries (a
+    scalar; 0 without graph if every query is left out). With no teacher region every target
+    is ∅: the loss teaches the no-object class (reference §12).
     """
     kp1 = class_logits.shape[-1]
     weight = torch.ones(kp1, device=class_logits.device)
     weight[-1] = no_object_weight
-    return F.cross_entropy(class_logits.float().reshape(-1, kp1), targets.reshape(-1), weight=weight)
+    targets = targets.reshape(-1)
+    if not (targets >= 0).any():
+        return torch.zeros((), device=class_logits.device)
+    return F.cross_entropy(class_logits.float().reshape(-1, kp1), targets, weight=weight, ignore_index=-1)
 
 
 # (R7)  L_rmc = 1/N^t sum_j -log exp(D(m^s_sigma(j), sg m^t_j)/tau_m) / sum_k exp(D(m^s_sigma(j), sg m^t_k)/tau_m)

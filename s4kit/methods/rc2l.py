@@ -22,12 +22,16 @@ s4kit's choice, each an option:
   the student queries and the teacher regions as pseudo ground truth; ``matching=index``
   (M2): student query i <-> teacher query i.
 * RCC (R6): CE of the student class logits against the matched teacher classes, ∅ elsewhere,
-  w_∅ = 0.1. RMC (R7): Dice-InfoNCE of matched student masks vs the image's teacher masks,
-  tau_m = 0.1. RFC (R8): InfoNCE of MAP region features (student: own soft mask; teacher:
-  its ``teacher_mask`` = hard (default) or soft mask) vs batch teacher regions of other
-  classes, tau_f = 0.1, optional projection MLP g (``projection=true``, 256 -> 256 -> 128;
-  default off). SMC (R9): Dice of the clipped student semantic masks vs the hard teacher
-  masks over classes with mean confidence >= ``smc_threshold``.
+  w_∅ = 0.1 (``rcc_unmatched=noobject``, reference D7). ``rcc_unmatched=ignore`` leaves
+  the unmatched student queries out: early in training the teacher's only confident region
+  is often the background, and ∅ targets then teach the student's digit queries on
+  unlabeled images to say "no object".
+* RMC (R7): Dice-InfoNCE of matched student masks vs the image's teacher masks, tau_m = 0.1.
+* RFC (R8): InfoNCE of MAP region features (student: own soft mask; teacher: its
+  ``teacher_mask`` = hard (default) or soft mask) vs batch teacher regions of other classes,
+  tau_f = 0.1, optional projection MLP g (``projection=true``, 256 -> 256 -> 128; default off).
+* SMC (R9): Dice of the clipped student semantic masks vs the hard teacher masks over
+  classes with mean confidence >= ``smc_threshold``.
 * The unsupervised losses use the last decoder layer only (deep supervision is applied to
   L_sup only): s4kit's choice.
 * The teacher is MeanTeacher's (alpha 0.99, ReCo's BN handling); evaluation uses it.
@@ -130,6 +134,7 @@ class RC2LOptions(MeanTeacherOptions):
     feature_temperature: float = 0.1  # tau_f
     projection: bool = False  # RFC projection MLP g (E -> E -> 128)
     smc_threshold: float = 0.7  # gamma for C_u in SMC
+    rcc_unmatched: str = "noobject"  # noobject (D7) | ignore: RCC target of student queries matched to no region
     rcc_weight: float = 1.0
     rmc_weight: float = 1.0
     rfc_weight: float = 1.0
@@ -153,7 +158,8 @@ class RC2L(MeanTeacher):
     def __init__(self, cfg):
         _check_model(cfg, self.name)
         super().__init__(cfg)
-        for key, allowed in (("matching", ("hungarian", "index")), ("teacher_mask", ("hard", "soft"))):
+        for key, allowed in (("matching", ("hungarian", "index")), ("teacher_mask", ("hard", "soft")),
+                             ("rcc_unmatched", ("noobject", "ignore"))):
             if self.opts[key] not in allowed:
                 raise ValueError(f"method.{key}={self.opts[key]!r}: expected one of {allowed}")
         self.projection = None
@@ -184,7 +190,8 @@ class RC2L(MeanTeacher):
         cls_t, m_t, pix_t = out_t["pred_logits"], out_t["pred_masks"], out_t["rep"]
         b, n, kp1 = cls_s.shape
         k = kp1 - 1
-        targets = torch.full((b, n), k, dtype=torch.long, device=cls_s.device)
+        # unmatched student queries: ∅ (reference D7, MaskFormer's rule) or left out of RCC
+        targets = torch.full((b, n), k if o.rcc_unmatched == "noobject" else -1, dtype=torch.long, device=cls_s.device)
         s_masks, t_masks, s_feats, t_feats, classes = [], [], [], [], []
         n_regions = 0
         for i in range(b):

@@ -334,3 +334,39 @@ def test_rcc_ignores_queries_with_target_minus_one():
     kept = R.rcc_loss(logits[:, :2], t[:, :2])
     assert torch.allclose(R.rcc_loss(logits, t), kept)
     assert R.rcc_loss(logits, torch.full((1, 4), -1)).item() == 0.0  # nothing kept: 0, not NaN
+
+
+def test_merge_same_class_keeps_one_region_per_class():
+    index, classes = torch.tensor([3, 5, 7]), torch.tensor([2, 1, 2])
+    hard = torch.eye(3)
+    conf = torch.tensor([0.7, 0.9, 0.8])
+    i, c, h, s = R.merge_same_class(index, classes, hard, 0.5 * hard, conf)
+    assert c.tolist() == [1, 2] and i.tolist() == [5, 7]  # class 2: query 7 is the more confident
+    assert h.tolist() == [[0, 1, 0], [1, 0, 1]]  # the union of queries 3 and 7
+    assert torch.equal(s, 0.5 * h)
+    # distinct classes: nothing merges, rows sorted by class
+    i, c, h, _ = R.merge_same_class(index, torch.tensor([4, 1, 2]), hard, hard, conf)
+    assert c.tolist() == [1, 2, 4] and i.tolist() == [5, 7, 3] and torch.equal(h, hard[[1, 2, 0]])
+
+
+def test_rcc_unmatched_modes(digits_root, tmp_path):
+    # teacher: query 0 a confident region of class 3, query 1 confidently ∅, the others unsure;
+    # student: query 0 says 3, query 1 ∅, the others (wrongly confident) class 5
+    k = 11
+    for mode, supervised in (("noobject", "all"), ("ignore", [0]), ("teacher", [0, 1])):
+        _, method, _, _ = _method("rc2l", digits_root, tmp_path / mode, [f"method.rcc_unmatched={mode}",
+                                                                          "method.matching=index"])
+        n = method.cfg.model.num_queries
+        cls_t = torch.zeros(1, n, k + 1)
+        cls_t[0, 0, 3], cls_t[0, 1, k] = 10.0, 10.0
+        masks = torch.full((1, n, 8, 8), -10.0)
+        masks[0, 0, :4] = 10.0
+        out_t = {"pred_logits": cls_t, "pred_masks": masks, "rep": torch.randn(1, 16, 8, 8), "sem": torch.rand(1, k, 8, 8)}
+        cls_s = torch.zeros(1, n, k + 1)
+        cls_s[0, 0, 3], cls_s[0, 1, k], cls_s[0, 2:, 5] = 4.0, 4.0, 4.0
+        got = method.region_losses({**out_t, "pred_logits": cls_s}, out_t, torch.ones(1, 8, 8, dtype=torch.bool))["rcc"]
+        rows = list(range(n)) if supervised == "all" else supervised
+        target = torch.tensor([3 if q == 0 else k for q in rows])
+        weight = torch.ones(k + 1)
+        weight[k] = 0.1
+        torch.testing.assert_close(got, F.cross_entropy(cls_s[0, rows], target, weight=weight))

@@ -212,6 +212,33 @@ def teacher_regions(class_logits: torch.Tensor, mask_logits: torch.Tensor, valid
     return idx, cls[idx], hard[idx], soft[idx]
 
 
+@torch.no_grad()
+def merge_same_class(index: torch.Tensor, classes: torch.Tensor, hard: torch.Tensor, soft: torch.Tensor,
+                     confidence: torch.Tensor):
+    """One teacher region per class, as semantic ground truth has (``label_segments``).
+
+    Regions of the same class c in one image merge into one: hard mask = union (max), soft
+    mask = max, query index = the most confident of them. s4kit's option
+    (``rc2l`` ``merge_regions``), not in the reference: two teacher queries on one digit would
+    otherwise be each other's negatives in RMC.
+
+    Args: index int64 (N^t,), classes int64 (N^t,), hard / soft float (N^t, P), confidence
+    float (N^t,). Returns the same four tensors with one row per distinct class, classes
+    ascending.
+    """
+    uniq = torch.unique(classes)
+    if len(uniq) == len(classes):
+        order = classes.argsort()
+        return index[order], classes[order], hard[order], soft[order]
+    out_i, out_h, out_s = [], [], []
+    for c in uniq:
+        sel = (classes == c).nonzero().squeeze(1)
+        out_i.append(index[sel[confidence[sel].argmax()]])
+        out_h.append(hard[sel].amax(0))
+        out_s.append(soft[sel].amax(0))
+    return torch.stack(out_i), uniq, torch.stack(out_h), torch.stack(out_s)
+
+
 # ---------------------------------------------------------------------------------------
 # the four RC²L losses (reconstruction, reference/rc2l.md §8)
 # ---------------------------------------------------------------------------------------

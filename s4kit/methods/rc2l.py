@@ -25,7 +25,10 @@ s4kit's choice, each an option:
   w_∅ = 0.1 (``rcc_unmatched=noobject``, reference D7). ``rcc_unmatched=ignore`` leaves
   the unmatched student queries out: early in training the teacher's only confident region
   is often the background, and ∅ targets then teach the student's digit queries on
-  unlabeled images to say "no object".
+  unlabeled images to say "no object". ``rcc_unmatched=teacher``: ∅ only where the
+  teacher's query of the same index says ∅ with probability >= gamma, else left out.
+* ``merge_regions``: teacher regions of one class in one image merge into one (union), the
+  format of semantic ground truth (one segment per class); off by default (T1 keeps queries).
 * RMC (R7): Dice-InfoNCE of matched student masks vs the image's teacher masks, tau_m = 0.1.
 * RFC (R8): InfoNCE of MAP region features (student: own soft mask; teacher: its
   ``teacher_mask`` = hard (default) or soft mask) vs batch teacher regions of other classes,
@@ -48,7 +51,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..losses.region import (hungarian_match, mask_average_pool, matching_cost, rcc_loss, rfc_loss, rmc_loss,
+from ..losses.region import (hungarian_match, mask_average_pool, matching_cost, merge_same_class, rcc_loss, rfc_loss,
+                             rmc_loss,
                              set_loss, smc_loss, teacher_regions)
 from ..metrics import pseudo_label_quality
 from .base import IGNORE_INDEX, downsample_labels, register, upsample
@@ -134,7 +138,8 @@ class RC2LOptions(MeanTeacherOptions):
     feature_temperature: float = 0.1  # tau_f
     projection: bool = False  # RFC projection MLP g (E -> E -> 128)
     smc_threshold: float = 0.7  # gamma for C_u in SMC
-    rcc_unmatched: str = "noobject"  # noobject (D7) | ignore: RCC target of student queries matched to no region
+    rcc_unmatched: str = "noobject"  # noobject (D7) | ignore | teacher: RCC target of student queries matched to no region
+    merge_regions: bool = False  # one teacher region per class and image (union of the same-class queries)
     rcc_weight: float = 1.0
     rmc_weight: float = 1.0
     rfc_weight: float = 1.0
@@ -159,7 +164,7 @@ class RC2L(MeanTeacher):
         _check_model(cfg, self.name)
         super().__init__(cfg)
         for key, allowed in (("matching", ("hungarian", "index")), ("teacher_mask", ("hard", "soft")),
-                             ("rcc_unmatched", ("noobject", "ignore"))):
+                             ("rcc_unmatched", ("noobject", "ignore", "teacher"))):
             if self.opts[key] not in allowed:
                 raise ValueError(f"method.{key}={self.opts[key]!r}: expected one of {allowed}")
         self.projection = None
@@ -190,8 +195,15 @@ class RC2L(MeanTeacher):
         cls_t, m_t, pix_t = out_t["pred_logits"], out_t["pred_masks"], out_t["rep"]
         b, n, kp1 = cls_s.shape
         k = kp1 - 1
-        # unmatched student queries: ∅ (reference D7, MaskFormer's rule) or left out of RCC
-        targets = torch.full((b, n), k if o.rcc_unmatched == "noobject" else -1, dtype=torch.long, device=cls_s.device)
+        # unmatched student queries: ∅ (reference D7, MaskFormer's rule), left out of RCC, or ∅
+        # only where the teacher's query of the same index is confidently ∅ (else left out)
+        if o.rcc_unmatched == "noobject":
+            targets = torch.full((b, n), k, dtype=torch.long, device=cls_s.device)
+        elif o.rcc_unmatched == "ignore":
+            targets = torch.full((b, n), -1, dtype=torch.long, device=cls_s.device)
+        else:
+            empty = cls_t.float().softmax(-1)[..., k] >= o.region_threshold
+            targets = torch.where(empty, k, -1).to(torch.long)
         s_masks, t_masks, s_feats, t_feats, classes = [], [], [], [], []
         n_regions = 0
         for i in range(b):
@@ -199,6 +211,9 @@ class RC2L(MeanTeacher):
             ml_s = m_s[i].reshape(n, -1)
             idx, c, hard, soft = teacher_regions(cls_t[i], m_t[i].reshape(n, -1), v, o.region_threshold,
                                                  o.mask_threshold)
+            if len(idx) and o.merge_regions:
+                conf = cls_t[i, idx].float().softmax(-1)[:, :k].max(-1).values
+                idx, c, hard, soft = merge_same_class(idx, c, hard, soft, conf)
             n_regions += len(idx)
             if len(idx) == 0:
                 continue

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from s4kit.models import WeightsError
 from s4kit.models.allspark import (AllSpark, ChannelCrossAttention, SemanticMemory, channel_attention, channel_groups,
-                                   memory_tokens, standardize)
+                                   logit_moments, memory_tokens, standardize)
 from s4kit.models.segformer import MiTEncoder, SegFormer, load_mit_weights, stage4_size
 
 
@@ -27,6 +27,35 @@ def test_channel_attention_matches_formula_and_rows_sum_to_one():
     # IN equals InstanceNorm2d without affine on a (B, h, R, S) tensor
     x = torch.randn(2, 3, 4, 7, generator=g, dtype=torch.float64)
     assert torch.allclose(standardize(x), torch.nn.InstanceNorm2d(3)(x), atol=1e-10)
+
+
+def test_fused_channel_attention_equals_materialised_with_gradients():
+    """The fused path (analytic IN moments + scaled_dot_product_attention) equals the
+    materialised softmax(IN(Q^T K)) V^T in values and in the gradients of q, k and v,
+    with the labeled branch's broadcast (one shared K/V for every query image)."""
+    g = torch.Generator().manual_seed(5)
+    q = (3.0 * torch.randn(3, 4, 6, generator=g, dtype=torch.float64) + 1.0).requires_grad_()
+    k = (torch.randn(1, 4, 10, generator=g, dtype=torch.float64) - 2.0).requires_grad_()
+    v = torch.randn(1, 4, 10, generator=g, dtype=torch.float64).requires_grad_()
+    w = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+    mean, var = logit_moments(q, k)
+    logits = q.transpose(-2, -1) @ k
+    assert torch.allclose(mean, logits.mean((-2, -1)), atol=1e-10)
+    assert torch.allclose(var, logits.var((-2, -1), unbiased=False), atol=1e-8)
+    fused = channel_attention(q, k, v)  # no dropout module: fused path
+    ref = (standardize(logits).softmax(-1) @ v.transpose(-2, -1)).transpose(-2, -1)
+    assert fused.shape == (3, 4, 6) and torch.allclose(fused, ref, atol=1e-10)
+    g_fused = torch.autograd.grad((fused * w).sum(), (q, k, v))
+    g_ref = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(g_fused, g_ref):
+        assert torch.allclose(a, b, atol=1e-9)
+    # an active dropout takes the materialised path; p = 0 or eval mode the fused one
+    drop = torch.nn.Dropout(0.5).train()
+    torch.manual_seed(0)
+    dropped = channel_attention(q, k, v, drop)
+    assert not torch.allclose(dropped, ref, atol=1e-6)
+    assert torch.allclose(channel_attention(q, k, v, drop.eval()), ref, atol=1e-10)
+    assert torch.allclose(channel_attention(q, k, v, torch.nn.Dropout(0.0).train()), ref, atol=1e-10)
 
 
 def test_channel_attention_permutations():

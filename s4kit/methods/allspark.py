@@ -51,11 +51,13 @@ class AllSparkOptions(SupervisedOptions):
     csg_input: str = "logits"  # logits (code) | softmax (paper's "probability map")
     memory_sync: str = "allgather"  # allgather | rank0_broadcast_literal | local
     patch_num: str = "auto"  # auto: true stage-4 size ceil(s/32)^2 | literal: (s//32+1)^2 (code)
-    pl_forward: str = "batch"  # batch (code: K/V over the unlabeled batch) | per_image
+    pl_forward: str = "batch"  # batch (code: K/V over the unlabeled batch) | per_image | memory (s4kit, after warm-up)
+    eval_source: str = "per_image"  # K/V at evaluation: per_image (paper: self-attention) | batch | memory (s4kit)
     ignore_u_padding: bool = False  # code: crop padding of u counts in L_u
     sup_weight: float = 0.5
     unsup_weight: float = 0.5
     confidence_threshold: float = 0.0  # allspark: none (0 = every pixel; only for measuring); unimatch_allspark: mask
+    unsup_warmup: float = 0.0  # fraction of the iterations with L_u off (paper: 0; the memory still fills)
 
 
 @register("allspark")
@@ -81,7 +83,8 @@ class AllSparkMethod(Supervised):
         super().__init__(cfg)
         o = self.opts
         for key, allowed in (("framework", ("allspark", "unimatch_allspark")), ("csg_input", ("logits", "softmax")),
-                             ("pl_forward", ("batch", "per_image"))):
+                             ("pl_forward", ("batch", "per_image", "memory")),
+                             ("eval_source", ("per_image", "batch", "memory"))):
             if o[key] not in allowed:
                 raise ValueError(f"method.{key}={o[key]!r}: expected one of {allowed}")
         if cfg.model.name != "segformer":
@@ -90,7 +93,9 @@ class AllSparkMethod(Supervised):
         tokens = memory_tokens(cfg.data.crop_size, cfg.model.input_scale, o.patch_num)
         net.bottleneck = AllSpark(net.encoder.channels[-1], self.num_classes, tokens, o.heads, o.attn_drop,
                                   o.proj_drop, o.memory_sync)
+        net.bottleneck.infer_source = o.eval_source
         self.warmup_iters = int(math.ceil(o.warmup_fraction * self.total_iters))
+        self.unsup_warmup_iters = int(math.ceil(o.unsup_warmup * self.total_iters))
 
     @property
     def bottleneck(self) -> AllSpark:
@@ -98,15 +103,19 @@ class AllSparkMethod(Supervised):
 
     @torch.no_grad()
     def pseudo_label_forward(self, u: torch.Tensor) -> torch.Tensor:
-        """Step 1: logits (B, K, h, w) of the network in eval mode on u (K/V as ``pl_forward``)."""
+        """Step 1: logits (B, K, h, w) of the network in eval mode on u (K/V as ``pl_forward``;
+        ``memory`` falls back to ``batch`` while the memory is still warming up)."""
         net = unwrap(self.student)
         was_training = net.training
         net.eval()
-        self.bottleneck.infer_source = self.opts.pl_forward
+        source = self.opts.pl_forward
+        if source == "memory" and self.iteration < self.warmup_iters:
+            source = "batch"
+        self.bottleneck.infer_source = source
         try:
             return net(u)["logits"].float()
         finally:
-            self.bottleneck.infer_source = "per_image"
+            self.bottleneck.infer_source = self.opts.eval_source
             net.train(was_training)
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
@@ -139,5 +148,7 @@ class AllSparkMethod(Supervised):
             loss_u = supervised_ce(logits_u, pseudo)  # (A9): every pixel, no threshold
         else:
             loss_u = unsupervised_masked_ce(logits_u, pseudo, confidence, o.confidence_threshold)
+        unsup_on = self.iteration >= self.unsup_warmup_iters
         return {"loss_sup": o.sup_weight * self.sup_loss(logits_l, labeled["mask"]),
-                "loss_unsup": o.unsup_weight * loss_u, "memory": float(use_memory), **logs}
+                "loss_unsup": (o.unsup_weight if unsup_on else 0.0) * loss_u, "memory": float(use_memory),
+                "unsup_on": float(unsup_on), **logs}

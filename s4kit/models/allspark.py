@@ -188,7 +188,10 @@ class ChannelCrossAttention(nn.Module):
 
     ``infer(z, source)``: eval path (§6), z (B, N, C) -> labeled-branch output (B, N, C)
     with Z_l = Z_u = z; ``source='per_image'`` is self-attention of each image,
-    ``'batch'`` shares K/V over the batch. The unlabeled-branch weights are unused (the
+    ``'batch'`` shares K/V over the batch; ``'memory'`` (s4kit option, not in the paper or
+    the code) takes K/V from the semantic memory as training after the warm-up does, so
+    the labeled branch sees at test time what it saw in training (needs N tokens, else
+    ``ValueError``). The unlabeled-branch weights are unused (the
     official code computes that branch and discards it; skipped here, same result).
     """
 
@@ -264,8 +267,13 @@ class ChannelCrossAttention(nn.Module):
         return torch.cat([self.labeled_branch(z_l, src), self.unlabeled_branch(z_u)], dim=0)
 
     def infer(self, z: torch.Tensor, source: str = "per_image") -> torch.Tensor:
-        if source not in ("per_image", "batch"):
-            raise ValueError(f"AllSpark inference source={source!r}: expected per_image or batch")
+        if source not in ("per_image", "batch", "memory"):
+            raise ValueError(f"AllSpark inference source={source!r}: expected per_image, batch or memory")
+        if source == "memory":  # s4kit option (not in the paper): K/V from the memory, as in training
+            if z.shape[1] != self.memory.queue.shape[-1]:
+                raise ValueError(f"AllSpark inference source='memory' needs {self.memory.queue.shape[-1]} stage-4 "
+                                 f"tokens (the training crop's), got {z.shape[1]}")
+            return self.labeled_branch(z, self.memory.queue.transpose(1, 2))
         return self.labeled_branch(z, z, per_image=source == "per_image")
 
 

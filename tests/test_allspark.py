@@ -114,6 +114,32 @@ def test_inference_is_self_attention_with_l2u_weights():
     assert not torch.allclose(m(c4)[0], m(c4b)[0], atol=1e-6)
 
 
+def test_memory_inference_source():
+    """eval_source='memory' (s4kit option): the labeled branch takes K/V from the memory,
+    exactly labeled_branch(z, memory as K pseudo-images); it changes with the memory, not
+    with the other images of the batch, and refuses a grid of another size."""
+    m = _module().eval()
+    m.infer_source = "memory"
+    g = torch.Generator().manual_seed(4)
+    c4 = torch.randn(2, 8, 2, 2, generator=g, dtype=torch.float64)
+    out = m(c4)
+    with torch.no_grad():
+        x = F.gelu(m.map_in(c4)).flatten(2).transpose(1, 2)
+        o = m.attn.labeled_branch(m.norm_in(x), m.attn.memory.queue.transpose(1, 2))
+        ref = F.gelu(m.map_out(m.norm_out(o + x).transpose(1, 2).reshape(2, 8, 2, 2)))
+    assert torch.allclose(out, ref, atol=1e-12)
+    c4b = c4.clone()
+    c4b[1] += 1.0
+    assert torch.allclose(m(c4b)[0], out[0], atol=1e-12)
+    with torch.no_grad():
+        m.attn.memory.queue.mul_(2.0)
+    assert not torch.allclose(m(c4), out, atol=1e-6)
+    with pytest.raises(ValueError, match="tokens"):
+        m(torch.randn(1, 8, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="source"):
+        m.attn.infer(torch.randn(1, 4, 8, dtype=torch.float64), "nope")
+
+
 def test_training_branches_depend_on_the_right_inputs():
     m = _module().train()
     g = torch.Generator().manual_seed(3)
@@ -236,7 +262,9 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
     from s4kit.data.loaders import build_train_streams
     from s4kit.methods import build_method
 
-    cfg = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path, iters=16))
+    paper = ["method.framework=allspark", "method.confidence_threshold=0.0", "method.pl_forward=batch",
+             "method.eval_source=per_image", "method.unsup_warmup=0.0", "augment.mix=none"]
+    cfg = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path, iters=16) + paper)
     torch.manual_seed(0)
     method = build_method(cfg)
     assert method.warmup_iters == 1 and method.bottleneck.tokens == 4
@@ -262,10 +290,16 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
     assert torch.equal(seen["x"][n_l:], unlabeled["image"])
     assert torch.allclose(out["loss_unsup"], 0.5 * F.cross_entropy(up(seen["out"]["logits"][n_l:]), pseudo), atol=1e-5)
     cfg2 = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "b", iters=16)
-                       + ["method.framework=unimatch_allspark", "method.confidence_threshold=0.5",
-                          "augment.mix=cutmix"])
-    out = build_method(cfg2).train_step(labeled, unlabeled)
-    assert torch.isfinite(out["loss_unsup"])
+                       + ["method.framework=unimatch_allspark", "method.confidence_threshold=0.0",
+                          "augment.mix=cutmix", "method.unsup_warmup=0.5", "method.pl_forward=memory",
+                          "method.eval_source=memory"])
+    m2 = build_method(cfg2)
+    assert m2.unsup_warmup_iters == 8 and m2.bottleneck.infer_source == "memory"
+    out = m2.train_step(labeled, unlabeled)  # iteration 0: L_u off, memory still warming up
+    assert out["unsup_on"] == 0.0 and float(out["loss_unsup"]) == 0.0 and torch.isfinite(out["loss_sup"])
+    m2.iteration = 8
+    out = m2.train_step(labeled, unlabeled)
+    assert out["unsup_on"] == 1.0 and out["memory"] == 1.0 and float(out["loss_unsup"]) > 0
     with pytest.raises(ValueError, match="segformer"):
         build_method(load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "c")
                                  + ["model.name=deeplabv3plus"]))

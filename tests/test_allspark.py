@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from s4kit.models import WeightsError
 from s4kit.models.allspark import (AllSpark, ChannelCrossAttention, SemanticMemory, channel_attention, channel_groups,
-                                   memory_tokens, standardize)
+                                   logit_moments, memory_tokens, standardize)
 from s4kit.models.segformer import MiTEncoder, SegFormer, load_mit_weights, stage4_size
 
 
@@ -27,6 +27,35 @@ def test_channel_attention_matches_formula_and_rows_sum_to_one():
     # IN equals InstanceNorm2d without affine on a (B, h, R, S) tensor
     x = torch.randn(2, 3, 4, 7, generator=g, dtype=torch.float64)
     assert torch.allclose(standardize(x), torch.nn.InstanceNorm2d(3)(x), atol=1e-10)
+
+
+def test_fused_channel_attention_equals_materialised_with_gradients():
+    """The fused path (analytic IN moments + scaled_dot_product_attention) equals the
+    materialised softmax(IN(Q^T K)) V^T in values and in the gradients of q, k and v,
+    with the labeled branch's broadcast (one shared K/V for every query image)."""
+    g = torch.Generator().manual_seed(5)
+    q = (3.0 * torch.randn(3, 4, 6, generator=g, dtype=torch.float64) + 1.0).requires_grad_()
+    k = (torch.randn(1, 4, 10, generator=g, dtype=torch.float64) - 2.0).requires_grad_()
+    v = torch.randn(1, 4, 10, generator=g, dtype=torch.float64).requires_grad_()
+    w = torch.randn(3, 4, 6, generator=g, dtype=torch.float64)
+    mean, var = logit_moments(q, k)
+    logits = q.transpose(-2, -1) @ k
+    assert torch.allclose(mean, logits.mean((-2, -1)), atol=1e-10)
+    assert torch.allclose(var, logits.var((-2, -1), unbiased=False), atol=1e-8)
+    fused = channel_attention(q, k, v)  # no dropout module: fused path
+    ref = (standardize(logits).softmax(-1) @ v.transpose(-2, -1)).transpose(-2, -1)
+    assert fused.shape == (3, 4, 6) and torch.allclose(fused, ref, atol=1e-10)
+    g_fused = torch.autograd.grad((fused * w).sum(), (q, k, v))
+    g_ref = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(g_fused, g_ref):
+        assert torch.allclose(a, b, atol=1e-9)
+    # an active dropout takes the materialised path; p = 0 or eval mode the fused one
+    drop = torch.nn.Dropout(0.5).train()
+    torch.manual_seed(0)
+    dropped = channel_attention(q, k, v, drop)
+    assert not torch.allclose(dropped, ref, atol=1e-6)
+    assert torch.allclose(channel_attention(q, k, v, drop.eval()), ref, atol=1e-10)
+    assert torch.allclose(channel_attention(q, k, v, torch.nn.Dropout(0.0).train()), ref, atol=1e-10)
 
 
 def test_channel_attention_permutations():
@@ -83,6 +112,32 @@ def test_inference_is_self_attention_with_l2u_weights():
     assert torch.allclose(m(c4b)[0], out[0], atol=1e-12)
     m.infer_source = "batch"
     assert not torch.allclose(m(c4)[0], m(c4b)[0], atol=1e-6)
+
+
+def test_memory_inference_source():
+    """eval_source='memory' (s4kit option): the labeled branch takes K/V from the memory,
+    exactly labeled_branch(z, memory as K pseudo-images); it changes with the memory, not
+    with the other images of the batch, and refuses a grid of another size."""
+    m = _module().eval()
+    m.infer_source = "memory"
+    g = torch.Generator().manual_seed(4)
+    c4 = torch.randn(2, 8, 2, 2, generator=g, dtype=torch.float64)
+    out = m(c4)
+    with torch.no_grad():
+        x = F.gelu(m.map_in(c4)).flatten(2).transpose(1, 2)
+        o = m.attn.labeled_branch(m.norm_in(x), m.attn.memory.queue.transpose(1, 2))
+        ref = F.gelu(m.map_out(m.norm_out(o + x).transpose(1, 2).reshape(2, 8, 2, 2)))
+    assert torch.allclose(out, ref, atol=1e-12)
+    c4b = c4.clone()
+    c4b[1] += 1.0
+    assert torch.allclose(m(c4b)[0], out[0], atol=1e-12)
+    with torch.no_grad():
+        m.attn.memory.queue.mul_(2.0)
+    assert not torch.allclose(m(c4), out, atol=1e-6)
+    with pytest.raises(ValueError, match="tokens"):
+        m(torch.randn(1, 8, 3, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="source"):
+        m.attn.infer(torch.randn(1, 4, 8, dtype=torch.float64), "nope")
 
 
 def test_training_branches_depend_on_the_right_inputs():
@@ -207,7 +262,10 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
     from s4kit.data.loaders import build_train_streams
     from s4kit.methods import build_method
 
-    cfg = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path, iters=16))
+    paper = ["method.framework=allspark", "method.confidence_threshold=0.0", "method.pl_forward=batch",
+             "method.warmup_fraction=0.0625", "method.heads=2", "method.attn_drop=0.1",
+             "method.eval_source=per_image", "method.unsup_warmup=0.0", "augment.mix=none"]
+    cfg = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path, iters=16) + paper)
     torch.manual_seed(0)
     method = build_method(cfg)
     assert method.warmup_iters == 1 and method.bottleneck.tokens == 4
@@ -233,10 +291,16 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
     assert torch.equal(seen["x"][n_l:], unlabeled["image"])
     assert torch.allclose(out["loss_unsup"], 0.5 * F.cross_entropy(up(seen["out"]["logits"][n_l:]), pseudo), atol=1e-5)
     cfg2 = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "b", iters=16)
-                       + ["method.framework=unimatch_allspark", "method.confidence_threshold=0.5",
-                          "augment.mix=cutmix"])
-    out = build_method(cfg2).train_step(labeled, unlabeled)
-    assert torch.isfinite(out["loss_unsup"])
+                       + ["method.framework=unimatch_allspark", "method.confidence_threshold=0.0",
+                          "augment.mix=cutmix", "method.unsup_warmup=0.5", "method.pl_forward=memory",
+                          "method.eval_source=memory"])
+    m2 = build_method(cfg2)
+    assert m2.unsup_warmup_iters == 8 and m2.bottleneck.infer_source == "memory"
+    out = m2.train_step(labeled, unlabeled)  # iteration 0: L_u off, memory still warming up
+    assert out["unsup_on"] == 0.0 and float(out["loss_unsup"]) == 0.0 and torch.isfinite(out["loss_sup"])
+    m2.iteration = 8
+    out = m2.train_step(labeled, unlabeled)
+    assert out["unsup_on"] == 1.0 and out["memory"] == 1.0 and float(out["loss_unsup"]) > 0
     with pytest.raises(ValueError, match="segformer"):
         build_method(load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "c")
                                  + ["model.name=deeplabv3plus"]))

@@ -45,7 +45,30 @@ def standardize(logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return F.layer_norm(logits, logits.shape[-2:], eps=eps)  # one fused kernel (= InstanceNorm2d, no affine)
 
 
-def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: nn.Module | None = None) -> torch.Tensor:
+def logit_moments(q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (biased) variance of every logit matrix L = Q^T K, without forming L.
+
+    With Q (N x R), K (N x S) and the column sums q = Q 1_R, k = K 1_S (N-vectors):
+
+        mean L   = (q . k) / (R S)
+        mean L^2 = sum_{r,s} (Q_r . K_s)^2 / (R S) = <Q Q^T, K K^T>_F / (R S)
+        var L    = mean L^2 - (mean L)^2
+
+    Q Q^T and K K^T are N x N (N = spatial positions, 4 on digits), so this costs O(N^2 (R + S))
+    instead of O(N R S). Computed in float64 (the two terms of ``var`` cancel).
+
+    Args: q float (..., N, R), k float (..., N, S); leading axes broadcast.
+    Returns (mean, var), float64 (...,).
+    """
+    qd, kd = q.double(), k.double()
+    rs = q.shape[-1] * k.shape[-1]
+    mean = (qd.sum(-1) * kd.sum(-1)).sum(-1) / rs
+    second = ((qd @ qd.transpose(-2, -1)) * (kd @ kd.transpose(-2, -1))).sum((-2, -1)) / rs
+    return mean, (second - mean * mean).clamp_min(0.0)
+
+
+def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: nn.Module | None = None,
+                      eps: float = 1e-5) -> torch.Tensor:
     """Channel-wise attention: channels are tokens, spatial positions are the embedding.
 
         A = softmax_row(IN(Q^T K))   (R x S),     O = Drop(A) V^T   (R x N)          (A4, A6)
@@ -54,17 +77,40 @@ def channel_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: n
         q: float (..., N, R): R query channels, each an N-vector.
         k, v: float (..., N, S): S key / value channels.
         drop: dropout on the attention matrix (or ``None``).
+        eps: the IN epsilon (1e-5, ``InstanceNorm2d``'s).
 
     Returns float (..., N, R) (O transposed back to tokens-first). Leading axes broadcast.
+
+    Two implementations of the same maths:
+
+    * **fused** (no active attention dropout: ``drop`` is ``None``, has p = 0 or is in eval
+      mode): IN(L) = (L - mean L) / sd L, and a row softmax ignores the constant shift, so
+      A = softmax_row(Q^T K / sd L) with sd L = sqrt(var L + eps) from ``logit_moments``
+      (no R x S matrix needed). That is dot-product attention with queries Q / sd L and
+      scale 1, run by ``F.scaled_dot_product_attention`` (a fused kernel that never stores
+      the R x S matrix; gradients flow through sd L). On digits R x S is up to
+      8 x 512 x 5632 per step, and the stored matrix, its IN, softmax and dropout were
+      most of AllSpark's step time.
+    * **materialised** (attention dropout active, the paper's 0.1): L, IN(L), softmax and
+      dropout as written above.
 
     Permuting the N spatial positions of q, k and v together leaves the output permuted
     the same way (Q^T K is a sum over positions); permuting the S key/value channels
     together leaves it unchanged (a softmax-weighted sum over channels).
     """
-    attn = standardize(q.transpose(-2, -1) @ k).softmax(dim=-1)
-    if drop is not None:
-        attn = drop(attn)
-    return (attn @ v.transpose(-2, -1)).transpose(-2, -1)
+    if drop is not None and drop.training and getattr(drop, "p", 0.0) > 0:
+        attn = standardize(q.transpose(-2, -1) @ k, eps).softmax(dim=-1)
+        return (drop(attn) @ v.transpose(-2, -1)).transpose(-2, -1)
+    _, var = logit_moments(q, k)
+    sd = torch.sqrt(var + eps).to(q.dtype)
+    lead = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    N, R, S = q.shape[-2], q.shape[-1], k.shape[-1]
+    # (batch, 1, tokens, features) with unit last stride, which the fused CPU kernel needs
+    qs = (q / sd[..., None, None]).transpose(-2, -1).contiguous().expand(*lead, R, N).reshape(-1, 1, R, N)
+    ks = k.transpose(-2, -1).contiguous().expand(*lead, S, N).reshape(-1, 1, S, N)
+    vs = v.transpose(-2, -1).contiguous().expand(*lead, S, v.shape[-2]).reshape(-1, 1, S, v.shape[-2])
+    out = F.scaled_dot_product_attention(qs, ks, vs, scale=1.0)  # (prod lead, 1, R, N)
+    return out.reshape(*lead, R, v.shape[-2]).transpose(-2, -1)
 
 
 @torch.no_grad()
@@ -142,7 +188,10 @@ class ChannelCrossAttention(nn.Module):
 
     ``infer(z, source)``: eval path (§6), z (B, N, C) -> labeled-branch output (B, N, C)
     with Z_l = Z_u = z; ``source='per_image'`` is self-attention of each image,
-    ``'batch'`` shares K/V over the batch. The unlabeled-branch weights are unused (the
+    ``'batch'`` shares K/V over the batch; ``'memory'`` (s4kit option, not in the paper or
+    the code) takes K/V from the semantic memory as training after the warm-up does, so
+    the labeled branch sees at test time what it saw in training (needs N tokens, else
+    ``ValueError``). The unlabeled-branch weights are unused (the
     official code computes that branch and discards it; skipped here, same result).
     """
 
@@ -218,8 +267,13 @@ class ChannelCrossAttention(nn.Module):
         return torch.cat([self.labeled_branch(z_l, src), self.unlabeled_branch(z_u)], dim=0)
 
     def infer(self, z: torch.Tensor, source: str = "per_image") -> torch.Tensor:
-        if source not in ("per_image", "batch"):
-            raise ValueError(f"AllSpark inference source={source!r}: expected per_image or batch")
+        if source not in ("per_image", "batch", "memory"):
+            raise ValueError(f"AllSpark inference source={source!r}: expected per_image, batch or memory")
+        if source == "memory":  # s4kit option (not in the paper): K/V from the memory, as in training
+            if z.shape[1] != self.memory.queue.shape[-1]:
+                raise ValueError(f"AllSpark inference source='memory' needs {self.memory.queue.shape[-1]} stage-4 "
+                                 f"tokens (the training crop's), got {z.shape[1]}")
+            return self.labeled_branch(z, self.memory.queue.transpose(1, 2))
         return self.labeled_branch(z, z, per_image=source == "per_image")
 
 

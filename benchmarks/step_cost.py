@@ -61,8 +61,10 @@ class Case:
 #   Case("supervised_segformer", "digits/supervised", ("model.name=segformer",)),
 #   Case("allspark", "digits/allspark", baselines=("supervised_segformer",)),
 EXTRA_CASES: list[Case] = []
-# more baselines for preset cases: AllSpark is compared with the plain SegFormer it is built on
-EXTRA_BASELINES: dict[str, tuple[str, ...]] = {"allspark": ("supervised_segformer",)}
+# more baselines for preset cases: AllSpark is compared with the plain SegFormer it is built on,
+# RC²L with the same mask-classification head trained on labels only
+EXTRA_BASELINES: dict[str, tuple[str, ...]] = {"allspark": ("supervised_segformer",),
+                                               "rc2l": ("supervised_maskformer",)}
 
 
 def default_cases(dataset: str = "digits") -> list[Case]:

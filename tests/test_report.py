@@ -18,3 +18,12 @@ def test_summarize_keeps_networks_apart_and_orders_baselines_before_methods():
     seg = rows[5]
     assert seg["seeds"] == 2 and seg["miou"] == "21.0 ± 1.4"  # mean and sample std of 20, 22
     assert rows[-1]["split"] == "full"
+
+
+def test_run_label_names_the_network_when_it_is_not_deeplab():
+    from s4kit.engine.latent import run_label
+
+    assert run_label({"method": "reco", "split": "1_16", "model": "deeplabv3plus"}) == "reco (1_16)"
+    assert run_label({"method": "supervised", "split": "1_16", "model": "segformer"}) == "supervised (segformer, 1_16)"
+    assert run_label({"method": "supervised_maskformer", "split": "1_16", "model": "maskformer"}) == \
+        "supervised_maskformer (1_16)"

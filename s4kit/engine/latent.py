@@ -27,6 +27,14 @@ def run_info(run_dir: Path) -> dict:
             "model": cfg.model.name}
 
 
+def run_label(info: dict) -> str:
+    """``method`` plus the network when it is not DeepLabV3+ and not in the name, and the split:
+    ``"supervised (segformer, 1_16)"``, ``"reco (1_16)"``."""
+    model = info.get("model", "deeplabv3plus")
+    extra = f"{model}, " if model != "deeplabv3plus" and model not in info["method"] else ""
+    return f"{info['method']} ({extra}{info['split']})"
+
+
 def final_measures(run_dir: Path, seed: int = 0) -> dict:
     """Silhouette, k-NN accuracy and prototype distance of a run's last snapshot."""
     pixels, snaps = load_snapshots(run_dir)
@@ -50,7 +58,7 @@ def viz_runs(run_dirs: list[str | Path], out: str | Path | None = None, tsne_ite
             raise ConfigError(str(exc)) from exc
         labels = pixels["label"].astype(np.int64)
         embedded = embed_snapshots(snaps, seed=info["seed"], n_iter=tsne_iters)
-        title = f"{info['method']} | {info['dataset']} {info['split']} | seed {info['seed']}"
+        title = f"{run_label(info)} | {info['dataset']} | seed {info['seed']}"
         evolution_figure(rd / "figures" / "tsne_evolution.png", embedded, labels, snaps, info["names"],
                          info["dataset"], title)
         measures = latent_measures(snaps[-1][1], labels, seed=info["seed"])
@@ -61,7 +69,7 @@ def viz_runs(run_dirs: list[str | Path], out: str | Path | None = None, tsne_ite
             m.update(measures)
             mpath.write_text(json.dumps(m, indent=1, default=float))
         _, pts, protos = embedded[-1]
-        panels.append({"title": f"{info['method']} ({info['split']})\nsil {measures['silhouette']:.2f} | "
+        panels.append({"title": f"{run_label(info)}\nsil {measures['silhouette']:.2f} | "
                                 f"kNN {measures['knn_accuracy']:.1f}%",
                        "points": pts, "prototypes": protos, "labels": labels, "pred": snaps[-1][1]["pred"],
                        "sizes": sigma_sizes(snaps[-1][1])})

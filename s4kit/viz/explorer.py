@@ -21,14 +21,14 @@ def load_explorer_runs(run_dirs: list[str | Path], tsne_iters: int = 500) -> dic
     Each value holds ``info`` (method, dataset, split, seed, names), ``pixels``, ``snaps``
     and ``embedded`` (see ``s4kit.viz.latent.embed_snapshots``).
     """
-    from ..engine.latent import run_info
+    from ..engine.latent import run_info, run_label
     from ..engine.snapshots import load_snapshots
 
     runs = {}
     for rd in map(Path, run_dirs):
         info = run_info(rd)
         pixels, snaps = load_snapshots(rd)
-        key = f"{info['method']} ({info['split']})"
+        key = run_label(info)
         if key in runs:
             key = f"{key} seed {info['seed']}"
         runs[key] = {"info": info, "pixels": pixels, "snaps": snaps,

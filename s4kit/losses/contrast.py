@@ -30,6 +30,18 @@ def flatten_pixels(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor)
     return flat, labels[keep]
 
 
+def own_class_scores(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Each kept pixel's score for its own class, in ``flatten_pixels``' order (detached).
+
+    (B, K, h, w) float, (B, h, w) int64, (B, h, w) bool -> (N,) float: scores[b, y, i, j]
+    over the pixels with ``valid`` and a label other than 255. ReCo uses it for p(y) (S6),
+    CSS for the similarity indicator j(y).
+    """
+    keep = valid & (labels != IGNORE_INDEX)
+    per_pixel = scores.detach().permute(0, 2, 3, 1)[keep]
+    return per_pixel.gather(1, labels[keep].unsqueeze(1)).squeeze(1)
+
+
 def class_means(reps: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
     """Mean representation of each class in ``classes``: (N, D), (N,), (n,) -> (n, D) (S5)."""
     onehot = (labels.unsqueeze(0) == classes.unsqueeze(1)).to(reps.dtype)  # (n, N)
@@ -144,8 +156,7 @@ def reco_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prob
     if len(classes) <= 1:
         return zero
     with torch.no_grad():
-        p_label = prob.detach().permute(0, 2, 3, 1)[valid & (labels != IGNORE_INDEX)]
-        p_label = p_label.gather(1, lab.unsqueeze(1)).squeeze(1)
+        p_label = own_class_scores(prob, labels, valid)
         protos = class_means(reps.detach(), lab, classes)
     return hard_anchor_contrast(reps, lab, classes, p_label, protos, strong_threshold, temperature, num_queries,
                                 num_negatives, literal_denominator) + zero

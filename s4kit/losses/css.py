@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .contrast import flatten_pixels, hard_anchor_contrast
+from .contrast import flatten_pixels, hard_anchor_contrast, own_class_scores
 
 IGNORE_INDEX = 255
 
@@ -173,8 +173,7 @@ def css_contrast_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
     if len(classes) <= 1:
         return zero
     with torch.no_grad():
-        j = indicator.detach().permute(0, 2, 3, 1)[valid & (labels != IGNORE_INDEX)]
-        j = j.gather(1, lab.unsqueeze(1)).squeeze(1)
+        j = own_class_scores(indicator, labels, valid)
         protos = prototypes.detach().float()[classes]
     return hard_anchor_contrast(reps, lab, classes, j, protos, strong_threshold, temperature, num_queries,
                                 num_negatives, literal_denominator) + zero

@@ -52,7 +52,7 @@ from ..data.mixing import mix_batch
 from ..losses.ce import supervised_ce, unsupervised_masked_ce
 from ..metrics import pseudo_label_quality
 from ..models.allspark import AllSpark, memory_tokens
-from .base import IGNORE_INDEX, register, unwrap, upsample
+from .base import IGNORE_INDEX, check_choices, register, unwrap, upsample
 from .supervised import Supervised, SupervisedOptions
 
 
@@ -100,11 +100,9 @@ class AllSparkMethod(Supervised):
     def __init__(self, cfg):
         super().__init__(cfg)
         o = self.opts
-        for key, allowed in (("framework", ("allspark", "unimatch_allspark")), ("csg_input", ("logits", "softmax")),
-                             ("pl_forward", ("batch", "per_image", "memory")),
-                             ("eval_source", ("per_image", "batch", "memory"))):
-            if o[key] not in allowed:
-                raise ValueError(f"method.{key}={o[key]!r}: expected one of {allowed}")
+        check_choices(o, {"framework": ("allspark", "unimatch_allspark"), "csg_input": ("logits", "softmax"),
+                          "pl_forward": ("batch", "per_image", "memory"),
+                          "eval_source": ("per_image", "batch", "memory")})
         if cfg.model.name != "segformer":
             raise ValueError(f"method allspark needs model.name=segformer, got {cfg.model.name!r}")
         net = self.student

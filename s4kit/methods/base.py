@@ -77,6 +77,14 @@ def build_method(cfg) -> "Method":
     return method_class(cfg.method.name)(cfg)
 
 
+def check_choices(opts, choices: dict[str, tuple[str, ...]]) -> None:
+    """Raise ``ValueError`` naming ``method.<key>`` and the allowed values for the first option
+    of ``opts`` whose value is not among ``choices[key]``."""
+    for key, allowed in choices.items():
+        if opts[key] not in allowed:
+            raise ValueError(f"method.{key}={opts[key]!r}: expected one of {allowed}")
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper (or the module itself)."""
     return module.module if hasattr(module, "module") and isinstance(module, nn.parallel.DistributedDataParallel) else module

@@ -56,7 +56,7 @@ from ..losses.contrast import flatten_pixels
 from ..losses.css import (anchor_weights, class_sums, contrast_rampdown, css_contrast_loss, ema_prototypes,
                           max_rep_confidence, mix_labels, rep_distribution)
 from ..metrics import pseudo_label_quality
-from .base import IGNORE_INDEX, downsample_labels, register, upsample
+from .base import IGNORE_INDEX, check_choices, downsample_labels, register, upsample
 from .reco import ReCo, RecoOptions
 
 
@@ -110,12 +110,10 @@ class CSS(ReCo):
     def __init__(self, cfg):
         super().__init__(cfg)
         o = self.opts
-        for key, allowed in (("strategy", ("mix", "cross")), ("proto_source", ("student", "teacher")),
-                             ("proto_sync", ("global", "local_literal")), ("mix_rep_filter", ("none", "paper")),
-                             ("contrast_schedule", ("global_rampdown", "epoch_rampdown_literal", "constant")),
-                             ("cross_warmup_unit", ("epochs", "iters"))):
-            if o[key] not in allowed:
-                raise ValueError(f"method.{key}={o[key]!r}: expected one of {allowed}")
+        check_choices(o, {"strategy": ("mix", "cross"), "proto_source": ("student", "teacher"),
+                          "proto_sync": ("global", "local_literal"), "mix_rep_filter": ("none", "paper"),
+                          "contrast_schedule": ("global_rampdown", "epoch_rampdown_literal", "constant"),
+                          "cross_warmup_unit": ("epochs", "iters")})
         q_max = max_rep_confidence(o.rep_temperature, self.num_classes)
         problems = [f"every valid pixel is a hard anchor at delta_s={o.strong_threshold}"] \
             if q_max < o.strong_threshold else []

@@ -29,7 +29,7 @@ from ..data.mixing import mix_batch
 from ..losses.ce import unsupervised_masked_ce, unsupervised_weighted_ce
 from ..metrics import pseudo_label_quality
 from ..models.ema import ema_update, make_teacher
-from .base import IGNORE_INDEX, register, unwrap, upsample
+from .base import IGNORE_INDEX, check_choices, register, unwrap, upsample
 from .supervised import Supervised, SupervisedOptions
 
 
@@ -64,10 +64,8 @@ class MeanTeacher(Supervised):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        for key, allowed in (("ema_buffers", ("own", "ema", "copy")), ("teacher_bn", ("train", "eval")),
-                             ("unsup_loss", ("weighted", "masked"))):
-            if self.opts[key] not in allowed:
-                raise ValueError(f"method.{key}={self.opts[key]!r}: expected one of {allowed}")
+        check_choices(self.opts, {"ema_buffers": ("own", "ema", "copy"), "teacher_bn": ("train", "eval"),
+                                  "unsup_loss": ("weighted", "masked")})
         self.teacher = make_teacher(self.student)
 
     # -- hooks for subclasses ------------------------------------------------------------

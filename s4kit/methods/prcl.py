@@ -42,7 +42,7 @@ from .. import dist
 from ..losses.prcl import prcl_loss, prototypes_from_stats, rampdown_weight, variance_regularizer
 from ..models.ema import make_teacher
 from ..models.probability import ProbabilisticNet, ProbabilityHead
-from .base import IGNORE_INDEX, register, unwrap, upsample
+from .base import IGNORE_INDEX, check_choices, register, unwrap, upsample
 from .meanteacher import MeanTeacher, MeanTeacherOptions
 from .reco import contrast_inputs
 
@@ -86,10 +86,8 @@ class PRCL(MeanTeacher):
     def __init__(self, cfg):
         super().__init__(cfg)
         o = self.opts
-        for key, allowed in (("contrast_schedule", ("rampdown", "constant")), ("sigma_head_input", ("feat", "rep")),
-                             ("variance_reg", ("none", "custom")), ("version", ("aaai", "ijcv_interpretation"))):
-            if o[key] not in allowed:
-                raise ValueError(f"method.{key}={o[key]!r}: expected one of {allowed}")
+        check_choices(o, {"contrast_schedule": ("rampdown", "constant"), "sigma_head_input": ("feat", "rep"),
+                          "variance_reg": ("none", "custom"), "version": ("aaai", "ijcv_interpretation")})
         if o.sigma_lr <= 0:
             raise ValueError(f"method.sigma_lr={o.sigma_lr}: must be > 0")
         net = self.student

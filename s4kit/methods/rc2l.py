@@ -55,7 +55,7 @@ from ..losses.region import (hungarian_match, mask_average_pool, matching_cost, 
                              rmc_loss,
                              set_loss, smc_loss, teacher_regions)
 from ..metrics import pseudo_label_quality
-from .base import IGNORE_INDEX, downsample_labels, register, upsample
+from .base import IGNORE_INDEX, check_choices, downsample_labels, register, upsample
 from .meanteacher import MeanTeacher, MeanTeacherOptions
 from .supervised import Supervised, SupervisedOptions
 
@@ -163,10 +163,8 @@ class RC2L(MeanTeacher):
     def __init__(self, cfg):
         _check_model(cfg, self.name)
         super().__init__(cfg)
-        for key, allowed in (("matching", ("hungarian", "index")), ("teacher_mask", ("hard", "soft")),
-                             ("rcc_unmatched", ("noobject", "ignore", "teacher"))):
-            if self.opts[key] not in allowed:
-                raise ValueError(f"method.{key}={self.opts[key]!r}: expected one of {allowed}")
+        check_choices(self.opts, {"matching": ("hungarian", "index"), "teacher_mask": ("hard", "soft"),
+                                  "rcc_unmatched": ("noobject", "ignore", "teacher")})
         self.projection = None
         if self.opts.projection:
             e = cfg.model.rep_dim

@@ -91,8 +91,10 @@ def sine_positions(h: int, w: int, dim: int, device, dtype=torch.float32) -> tor
 class DecoderLayer(nn.Module):
     """One post-norm transformer-decoder layer with query and memory positions (DETR style).
 
-    ``forward(q (B, N, E), qpos (B, N, E), mem (B, M, E), mpos (B, M, E)) -> (B, N, E)``:
+    ``forward(q (B, N, E), qpos (B, N, E), mem (B, M, E), mpos (B, M, E), attn_mask=None) -> (B, N, E)``:
     q = LN(q + SA(q+qpos, q+qpos, q)); q = LN(q + CA(q+qpos, mem+mpos, mem)); q = LN(q + FFN(q)).
+    ``attn_mask`` bool (B*heads, N, M), True = memory token not attended (masked attention,
+    ``masked_attention_mask``); None attends everywhere.
     Source: MaskFormer ``transformer.py`` ``TransformerDecoderLayer.forward_post``.
     """
 

@@ -16,11 +16,13 @@ Label files (reference/substrate.md §7, frameworks.md §B1):
 """
 from __future__ import annotations
 
+import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ..errors import S4kitError
 from .splits import check_files_exist, read_split_file
@@ -50,31 +52,71 @@ class DataError(S4kitError, ValueError):
     """An image or label file is unreadable or holds invalid values (the message names it)."""
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """uint8 (H, W, 3) RGB; raises ``DataError`` naming the file if it cannot be decoded."""
+# What a damaged or hostile file raises inside Pillow: UnidentifiedImageError and truncation
+# ("image file is truncated") are OSErrors; broken PNG chunks raise SyntaxError.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+@contextmanager
+def _open_image(path: Path, what: str):
+    """``Image.open`` with every decoding failure turned into a one-line ``DataError``.
+
+    Images over ``Image.MAX_IMAGE_PIXELS`` (a header claiming 20000x20000, say) are refused
+    on open, from the header alone, before any pixel buffer is allocated (Pillow itself only
+    warns below twice that limit). Set ``PIL.Image.MAX_IMAGE_PIXELS`` to change the limit.
+    """
     try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # a writable copy
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable image ({exc})") from exc
+        im = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning under -W error
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{pixels.group(1)} pixels" if pixels else _first_line(exc)
+        raise DataError(f"{path}: image too large: {size} (limit {Image.MAX_IMAGE_PIXELS} pixels)") from exc
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"{path}: unreadable {what} ({_first_line(exc)})") from exc
+    with im:
+        w, h = im.size
+        if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+            raise DataError(f"{path}: image too large: {w}x{h} = {w * h} pixels "
+                            f"(limit {Image.MAX_IMAGE_PIXELS} pixels)")
+        try:
+            yield im
+        except DataError:
+            raise
+        except _DECODE_ERRORS as exc:
+            raise DataError(f"{path}: unreadable {what} ({_first_line(exc)})") from exc
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to uint8 (H, W, 3) RGB.
+
+    Raises:
+        DataError (one line, naming the file): not an image, truncated or otherwise
+            undecodable, or larger than ``PIL.Image.MAX_IMAGE_PIXELS`` ("image too large",
+            refused from the header before any large allocation).
+    """
+    with _open_image(Path(path), "image") as im:
+        return np.array(im.convert("RGB"))  # a writable copy
 
 
 def read_mask(path: str | Path, num_classes: int, label_format: str = "voc") -> np.ndarray:
     """Decode a label PNG to int64 (H, W) class ids with 255 = ignore.
 
     Raises:
-        DataError: unreadable file, a non-single-channel image, or a label id that is not
-            in ``0..num_classes-1`` / 255 (``voc``) or not a Cityscapes labelId
-            (``cityscapes``); the message names the file and the offending value.
+        DataError (one line, naming the file): unreadable, truncated or too large a file
+            (as ``read_image``), a non-single-channel image, or a label id that is not in
+            ``0..num_classes-1`` / 255 (``voc``) or not a Cityscapes labelId
+            (``cityscapes``); the message names the offending value.
     """
     path = Path(path)
-    try:
-        with Image.open(path) as im:
-            if im.mode not in ("P", "L", "I", "I;16"):
-                raise DataError(f"{path}: label image has mode {im.mode!r}; expected a palette or grayscale PNG")
-            raw = np.asarray(im).astype(np.int64)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable label image ({exc})") from exc
+    with _open_image(path, "label image") as im:
+        if im.mode not in ("P", "L", "I", "I;16"):
+            raise DataError(f"{path}: label image has mode {im.mode!r}; expected a palette or grayscale PNG")
+        raw = np.asarray(im).astype(np.int64)
     if label_format == "cityscapes" and "labelTrainIds" not in path.name:
         bad = raw[(raw < 0) | (raw > 255)]
         mapped = CITYSCAPES_LABEL_TO_TRAIN[np.clip(raw, 0, 255)]

@@ -16,7 +16,9 @@ val mIoU measures generalisation to unseen handwriting. Everything is a pure fun
 ``write_digits`` writes the scenes in the PASCAL VOC layout (``JPEGImages/*.jpg`` and
 ``SegmentationClass/*.png`` palette PNGs) together with split
 files in the official UniMatch format (``splits/<split>/labeled.txt``,
-``unlabeled.txt`` and ``splits/val.txt``), so the same loader reads digits and VOC.
+``unlabeled.txt`` and ``splits/val.txt``), so the same loader reads digits and VOC. It
+only ever writes into a missing or empty folder, or one it made itself (``digits.json`` or
+the ``.s4kit-digits-building`` marker of an interrupted build): ``check_digits_root``.
 
 Difficulty (calibrated in the foundation issue, numbers in the README): with the
 ``digits`` presets, supervised training on ``1_16`` stays more than 15 mIoU points below
@@ -25,6 +27,8 @@ supervised training on ``full``.
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -159,6 +163,102 @@ def generate(seed: int = 0, spec: DigitsSpec = DigitsSpec()):
             yield split, i, image, mask
 
 
+MARKER = ".s4kit-digits-building"  # holds the stamp while a build is in progress
+
+
+def _stamp(seed: int, spec: DigitsSpec) -> dict:
+    return {"seed": seed, "spec": asdict(spec)}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_stamp(path: Path) -> dict:
+    """The JSON stamp in ``digits.json`` or the build marker; ``DataError`` if it is not one."""
+    try:
+        stamp = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable digits stamp ({_first_line(exc)}); choose another --root "
+                        "or delete it") from exc
+    if not (isinstance(stamp, dict) and "seed" in stamp and isinstance(stamp.get("spec"), dict)):
+        raise DataError(f"{path}: not an s4kit digits stamp (expected {{'seed': ..., 'spec': {{...}}}}); "
+                        "choose another --root or delete it")
+    return stamp
+
+
+def _stamp_diff(found: dict, wanted: dict) -> str:
+    """One line naming what differs, e.g. ``seed=1 (asked 0), n_train=128 (asked 4096)``."""
+    flat = lambda s: {"seed": s.get("seed"), **s.get("spec", {})}  # noqa: E731
+    f, w = flat(found), flat(wanted)
+    return ", ".join(f"{k}={f.get(k)!r} (asked {w.get(k)!r})" for k in sorted(set(f) | set(w), key=str)
+                     if f.get(k) != w.get(k))
+
+
+def _foreign_entry(root: Path, entries: list[Path]) -> str:
+    """A file found in ``root`` (relative POSIX path), for the refusal message; a folder if no file."""
+    files = sorted(e for e in entries if not e.is_dir())
+    if files:
+        return files[0].name
+    for dirpath, dirnames, filenames in os.walk(min(entries)):
+        if filenames:
+            return (Path(dirpath) / min(filenames)).relative_to(root).as_posix()
+        dirnames.sort()
+    return min(entries).name + "/"
+
+
+def _root_state(root: Path, stamp: dict, accept_any: bool = False) -> str:
+    """Classify ``root``: ``"done"`` (holds ``digits.json``), ``"resume"`` (holds our build
+    marker), ``"new"`` (missing or empty). ``accept_any`` accepts any ``digits.json`` stamp.
+
+    Raises:
+        DataError: ``root`` is not a folder; holds a digits dataset or an interrupted build
+            with another seed or spec; or is non-empty without an s4kit marker. Writes nothing.
+    """
+    if not root.exists():
+        if root.is_symlink():
+            raise DataError(f"{root}: is a broken symbolic link; choose an empty or new --root")
+        return "new"
+    if not root.is_dir():
+        raise DataError(f"{root}: exists and is not a folder; choose an empty or new --root")
+    meta, marker = root / "digits.json", root / MARKER
+    for path, what, state in ((meta, "holds digits written", "done"),
+                              (marker, "holds an interrupted digits build", "resume")):
+        if path.exists():
+            found = _read_stamp(path)
+            if found != stamp and not (accept_any and state == "done"):
+                raise DataError(f"{path}: this folder {what} with another seed or spec ({_stamp_diff(found, stamp)}); "
+                                "choose another --root or delete it")
+            return state
+    try:
+        entries = [e for e in root.iterdir() if not re.fullmatch(rf"\.{re.escape(MARKER)}\.\d+\.tmp", e.name)]
+    except OSError as exc:
+        raise DataError(f"{root}: cannot list the folder ({_first_line(exc)})") from exc
+    if entries:
+        more = ", ..." if len(entries) > 1 or entries[0].is_dir() else ""
+        raise DataError(f"{root}: not empty and not an s4kit digits dataset (holds {_foreign_entry(root, entries)!r}"
+                        f"{more}); choose an empty or new --root")
+    return "new"
+
+
+def check_digits_root(root: str | Path, seed: int = 0, spec: DigitsSpec = DigitsSpec(), *,
+                      accept_any: bool = False) -> None:
+    """Check that ``write_digits(root, seed, spec)`` may use ``root``, writing nothing.
+
+    Accepted: a missing or empty folder, a folder holding this exact dataset (``digits.json``
+    equal to the seed and spec) or an interrupted build of it (the ``.s4kit-digits-building``
+    marker with the same stamp). ``accept_any=True`` also accepts a finished digits dataset
+    written with any seed or spec: what ``ensure_digits(root, seed)`` accepts.
+
+    Raises:
+        DataError (one line): ``root`` is a file; holds a digits dataset or interrupted build
+            with another seed or spec (the message names the fields that differ); or is a
+            non-empty folder s4kit did not make (the message names a file found there).
+    """
+    _root_state(Path(root), _stamp(seed, spec), accept_any)
+
+
 def write_digits(root: str | Path, seed: int = 0, spec: DigitsSpec = DigitsSpec(), progress: bool = True) -> Path:
     """Write the digits dataset to ``root`` in the PASCAL VOC layout with official split files.
 
@@ -174,35 +274,50 @@ def write_digits(root: str | Path, seed: int = 0, spec: DigitsSpec = DigitsSpec(
     permutation; ``unlabeled`` is the rest of the train pool, and for ``full`` (where
     nothing is left) the whole train pool, as in ReCo's partial-label mode.
 
-    Returns the root path (untouched if it already holds this exact dataset). Raises
-    ``DataError`` if ``root`` holds a digits dataset written with a different seed or spec.
+    s4kit never writes into a folder it did not make: ``check_digits_root`` runs first. The
+    first write into a new root is the marker ``.s4kit-digits-building`` (the stamp JSON),
+    so a killed build is resumed (rebuilt from scratch) by the next call with the same seed
+    and spec; the split lists and ``digits.json`` are written atomically, and the marker is
+    removed once ``digits.json`` exists.
+
+    Returns the root path (untouched if it already holds this exact dataset).
+
+    Raises:
+        DataError (one line): a refused root, see ``check_digits_root`` (then nothing is
+            written); or a file that cannot be written (the message names it).
     """
     from tqdm.auto import tqdm
 
-    root = Path(root)
-    stamp = {"seed": seed, "spec": asdict(spec)}
-    meta = root / "digits.json"
-    if meta.exists():
-        if json.loads(meta.read_text()) != stamp:
-            raise DataError(f"{meta}: this folder holds digits written with another seed or spec "
-                            f"({meta.read_text().strip()}); choose another --root or delete it")
-        return root
-    (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-    (root / "SegmentationClass").mkdir(parents=True, exist_ok=True)
-    palette = voc_palette()
-    lines = {"train": [], "val": []}
-    total = spec.n_train + spec.n_val
-    for split, i, image, mask in tqdm(generate(seed, spec), total=total, desc="digits", disable=not progress):
-        name = f"{split}_{i:05d}"
-        Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
-        m = Image.fromarray(mask, mode="P")
-        m.putpalette(palette)
-        m.save(root / "SegmentationClass" / f"{name}.png")
-        lines[split].append(f"JPEGImages/{name}.jpg SegmentationClass/{name}.png")
+    from ..io import atomic_write_text
     from .splits import write_split_lists
 
-    write_split_lists(root / "splits", lines["train"], lines["val"], SPLITS, seed=seed)
-    meta.write_text(json.dumps(stamp, indent=1))
+    root = Path(root)
+    stamp = _stamp(seed, spec)
+    check_digits_root(root, seed, spec)
+    meta = root / "digits.json"
+    if meta.exists():
+        return root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(root / MARKER, json.dumps(stamp))
+        (root / "JPEGImages").mkdir(exist_ok=True)
+        (root / "SegmentationClass").mkdir(exist_ok=True)
+        palette = voc_palette()
+        lines = {"train": [], "val": []}
+        total = spec.n_train + spec.n_val
+        for split, i, image, mask in tqdm(generate(seed, spec), total=total, desc="digits", disable=not progress):
+            name = f"{split}_{i:05d}"
+            Image.fromarray(image).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
+            m = Image.fromarray(mask, mode="P")
+            m.putpalette(palette)
+            m.save(root / "SegmentationClass" / f"{name}.png")
+            lines[split].append(f"JPEGImages/{name}.jpg SegmentationClass/{name}.png")
+        write_split_lists(root / "splits", lines["train"], lines["val"], SPLITS, seed=seed)
+        atomic_write_text(meta, json.dumps(stamp, indent=1))
+        (root / MARKER).unlink(missing_ok=True)
+    except OSError as exc:
+        where = exc.filename if getattr(exc, "filename", None) else root
+        raise DataError(f"{where}: cannot write the digits dataset ({_first_line(exc)})") from exc
     return root
 
 
@@ -211,8 +326,13 @@ def ensure_digits(root: str | Path, seed: int = 0) -> Path:
 
     Unlike ``write_digits`` this accepts a dataset written with any seed or spec (for
     example the small one the tests build), so notebooks can point ``DATA_ROOT`` at it.
+
+    Raises:
+        DataError (one line, nothing written): ``root`` is a file, a non-empty folder s4kit
+            did not make, or holds an interrupted build with another seed or spec.
     """
     root = Path(root)
+    check_digits_root(root, seed, accept_any=True)
     if (root / "digits.json").exists():
         return root
     return write_digits(root, seed=seed)

@@ -9,9 +9,13 @@ Layout (reference/frameworks.md §B1)::
 Paths are relative to the dataset root. Some official files lack a trailing newline, so
 entries are counted, never newlines. Unlabeled lines may carry a mask path (UniMatch's
 lists do); s4kit only reads it where the dataset declares hidden ground truth (digits).
+Every path must stay inside the dataset root (no absolute path, no ``..``), and an image
+is listed at most once per file (none of the official PASCAL/Cityscapes lists repeats one).
 """
 from __future__ import annotations
 
+import posixpath
+import re
 from pathlib import Path
 
 import numpy as np
@@ -23,25 +27,55 @@ class SplitError(S4kitError, ValueError):
     """A split file is missing, empty, malformed or names files that do not exist."""
 
 
+def _leaves_root(p: str) -> bool:
+    """True for an absolute path (``/x``, ``\\x``, ``C:\\x``) or one with a ``..`` component."""
+    return bool(re.match(r"[/\\]|[A-Za-z]:[/\\]", p)) or ".." in re.split(r"[/\\]", p)
+
+
 def read_split_file(path: str | Path) -> list[tuple[str, str | None]]:
-    """Read one split file.
+    """Read one split file (UTF-8; a leading BOM and CRLF line ends are accepted).
 
     Returns a list of ``(image_relpath, mask_relpath or None)``, in file order.
 
     Raises:
-        SplitError: if the file is missing, holds no entry, or a line has more than two
-            fields (the message names the file and the line).
+        SplitError (one line, naming the file and, where relevant, the line): the file is
+            missing, a folder or unreadable; is not UTF-8 (the byte and its offset); holds
+            no entry; a line has more than two fields; a path is absolute or has a ``..``
+            component (entries must stay inside the dataset root); or an image is listed
+            twice (the earlier line is named).
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise SplitError(f"{path}: is a folder, not a split file")
+    if not path.exists():
         raise SplitError(f"{path}: split file not found")
-    entries = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    if not path.is_file():
+        raise SplitError(f"{path}: not a regular file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise SplitError(f"{path}: cannot read split file ({reason})") from exc
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise SplitError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+    entries, seen = [], {}
+    for n, line in enumerate(text.split("\n"), start=1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) > 2:
-            raise SplitError(f"{path}:{n}: expected 'image [mask]', got {line!r}")
+            raise SplitError(f"{path}:{n}: expected 'image [mask]', got {line.strip()!r}")
+        for p in fields:
+            if _leaves_root(p):
+                raise SplitError(f"{path}:{n}: path {p!r} leaves the dataset root "
+                                 "(absolute paths and '..' are not allowed)")
+        key = posixpath.normpath(fields[0].replace("\\", "/"))
+        if key in seen:
+            raise SplitError(f"{path}:{n}: duplicate of line {seen[key]} ({fields[0]})")
+        seen[key] = n
         entries.append((fields[0], fields[1] if len(fields) == 2 else None))
     if not entries:
         raise SplitError(f"{path}: split file is empty")
@@ -69,8 +103,11 @@ def split_paths(splits_dir: str | Path, split: str) -> dict[str, Path]:
 
 
 def _write(path: Path, lines: list[str]) -> None:
+    """Write one entry per line, atomically (a kill leaves the old list or the new one)."""
+    from ..io import atomic_write_text
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in lines))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def write_split_lists(splits_dir: str | Path, train_lines: list[str], val_lines: list[str],
@@ -102,7 +139,11 @@ def generate_splits(pool_file: str | Path, out_dir: str | Path, n_labeled: dict[
 
     ``n_labeled`` maps split name -> number of labeled images; the labeled sets are
     nested prefixes of one seeded permutation and ``unlabeled`` is the rest of the pool.
-    Raises ``SplitError`` if a split asks for more images than the pool holds.
+    Each list is written atomically (a kill leaves the old file or the new one).
+
+    Raises:
+        SplitError: the pool file is invalid (see ``read_split_file``) or a split asks for
+            more images than the pool holds.
     """
     entries = read_split_file(pool_file)
     lines = [f"{i} {m}" if m else i for i, m in entries]

@@ -90,17 +90,31 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, drop_prefixes: tu
     silently give a randomly initialised backbone (the UniMatch/AllSpark ``strict=False``
     defect, reference/substrate.md §2.7).
 
+    The file is read with ``torch.load(weights_only=True)``: it may hold tensors and plain
+    containers only, never arbitrary pickled objects.
+
     Raises:
-        WeightsError: naming the file and the offending keys, or if it cannot be read.
+        WeightsError (one line, naming the file): it cannot be read or unpickled (the first
+            line of torch's message); it holds something other than a dict of tensors
+            ("expected a state dict (a dict of tensors), got Tensor"); or its keys or shapes
+            do not match the encoder (the offending keys are named).
     """
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-        raise WeightsError(f"{path}: cannot read pretrained weights ({exc})") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(f"{path}: cannot read pretrained weights ({first})") from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict (a dict of tensors), got {type(state).__name__}")
+    bad_item = next(((k, v) for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))),
+                    None)
+    if bad_item is not None:
+        raise WeightsError(f"{path}: expected a state dict (a dict of tensors), got a dict with "
+                           f"{str(bad_item[0])!r} of type {type(bad_item[1]).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()
              if not k.removeprefix("module.").startswith(tuple(drop_prefixes))}
     own = encoder.state_dict()

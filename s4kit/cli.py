@@ -6,9 +6,12 @@
     s4kit reproduce --method M --dataset D --split S [--seed N] [-p KEY VALUE ...] [--out DIR]
     s4kit viz RUN_DIR [RUN_DIR ...] [--out FILE]
     s4kit report RUNS_DIR [--csv]
+    s4kit export RUN_DIR --out model.safetensors
 
-A user's mistake (unknown preset or key, missing split file, bad label, ...) prints one
-line ``s4kit: error: ...`` and exits with status 2; bugs keep their traceback.
+A user's mistake (unknown preset or key, bad value, missing split file, bad label, corrupt
+checkpoint) and an I/O failure (permission, no space) print one line ``s4kit: error: ...``
+naming the file or key and exit with status 2; a bug keeps its traceback, exits with 1 and
+asks to be reported.
 """
 from __future__ import annotations
 
@@ -75,12 +78,25 @@ def _viz(args) -> None:
 def _report(args) -> None:
     from .engine.report import report_table
 
-    print(report_table(args.runs_dir, csv=args.csv))
+    skipped: list[str] = []
+    print(report_table(args.runs_dir, csv=args.csv, skipped=skipped))
+    for item in skipped:
+        print(f"s4kit: skipped unreadable {item}", file=sys.stderr)
+
+
+def _export(args) -> None:
+    from .engine.runs import export_run
+
+    out = export_run(args.run_dir, args.out, force=args.force)
+    print(f"weights written to {out} (safetensors; the run's config is in its metadata)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every ``s4kit`` subcommand."""
+    from . import __version__
+
     p = argparse.ArgumentParser(prog="s4kit", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"s4kit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data", help="build the embedded digits dataset on disk")
     d.add_argument("dataset", help="digits")
@@ -112,20 +128,44 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("runs_dir")
     rep.add_argument("--csv", action="store_true", help="CSV instead of Markdown")
     rep.set_defaults(fn=_report)
+    x = sub.add_parser("export", help="a run's weights as a .safetensors file (tensors only) for sharing")
+    x.add_argument("run_dir")
+    x.add_argument("--out", required=True, help="output file, e.g. model.safetensors")
+    x.add_argument("--force", action="store_true", help="replace --out if it exists")
+    x.set_defaults(fn=_export)
     return p
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of a user error or I/O failure as one line (an ``OSError`` names its file)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}"
+    else:
+        text = str(exc).strip() or type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if len(lines) == 1 else " ".join(lines)[:500]
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    """Entry point; returns the exit status (0 ok, 1 a bug in s4kit, 2 user error or I/O failure,
+    130 interrupted)."""
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except S4kitError as exc:
-        print(f"s4kit: error: {exc}", file=sys.stderr)
+    except (S4kitError, OSError) as exc:
+        print(f"s4kit: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("s4kit: interrupted; run the same command again to resume from checkpoints/last.pt", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug: keep the traceback, ask for a report
+        import traceback
+
+        traceback.print_exc()
+        print("s4kit: internal error: this is a bug in s4kit, not in your input; please report it with the "
+              "command and the traceback above", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,6 +13,7 @@ Unknown keys are errors that name the key and the file they came from.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +195,8 @@ def preset_path(name: str) -> Path:
         if not p.is_file():
             raise ConfigError(f"{p}: config file not found")
         return p
+    if ".." in p.parts or p.is_absolute():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
     q = CONFIG_DIR / f"{name}.yaml"
     if not q.is_file():
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
@@ -218,15 +221,40 @@ def _quote_split_names(text: str) -> str:
     return _UNDERSCORE_NUMBER.sub(lambda m: f"{m.group(1)}'{m.group(2)}'{m.group(3)}", text)
 
 
-def _load_yaml_chain(path: Path) -> list[tuple[Path, DictConfig]]:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_yaml(path: Path) -> DictConfig:
+    """One YAML file as a mapping; ``ConfigError`` (one line, naming the file) for anything else."""
     try:
-        node = OmegaConf.create(_quote_split_names(path.read_text()))
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
+    try:
+        node = OmegaConf.create(_quote_split_names(text))
+    except Exception as exc:  # noqa: BLE001 - any parser error is the file's fault
+        raise ConfigError(f"{path}: not valid YAML ({_first_line(exc)})") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config sections (data:, train:, ...), got a "
+                          f"{'list' if node is not None else 'empty document'}")
+    return node
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ cycle ({' -> '.join(p.name for p in seen + (path,))})")
+    node = _read_yaml(path)
     chain = []
     base = node.pop("_base_", None)
     if base is not None:
-        chain += _load_yaml_chain((path.parent / base).resolve())
+        if not isinstance(base, str) or not (path.parent / base).is_file():
+            raise ConfigError(f"{path}: _base_ {base!r} is not a file next to it")
+        chain += _load_yaml_chain(path.parent / base, seen + (path,))
     return chain + [(path, node)]
 
 
@@ -234,7 +262,8 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(cfg, other)
     except OmegaConfBaseException as exc:
-        raise ConfigError(f"{source}: {exc.msg if hasattr(exc, 'msg') else exc}".splitlines()[0]) from exc
+        text = getattr(exc, "msg", None) or str(exc).strip() or f"cannot merge ({type(exc).__name__})"
+        raise ConfigError(f"{source}: {text}".splitlines()[0]) from None
 
 
 def load_config(preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -253,9 +282,15 @@ def load_config(preset: str | Path, overrides: list[str] | tuple[str, ...] = ())
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, value = item.split("=", 1)
+        if not key.strip():
+            raise ConfigError(f"override {item!r}: expected key=value")
         if re.fullmatch(r"\d+(?:_\d+)+", value.strip()):  # a split name such as 1_16, not 116
             value = f"'{value.strip()}'"
-        cfg = _merge(cfg, OmegaConf.from_dotlist([f"{key}={value}"]), f"override {item!r}")
+        try:
+            dot = OmegaConf.from_dotlist([f"{key}={value}"])
+        except Exception as exc:  # noqa: BLE001 - the grammar error of a malformed override
+            raise ConfigError(f"override {item!r}: {_first_line(exc)}") from None
+        cfg = _merge(cfg, dot, f"override {item!r}")
     return resolve(cfg)
 
 
@@ -263,9 +298,11 @@ def resolve(cfg: DictConfig) -> DictConfig:
     """Fill derived defaults (``data.splits``) and merge the method's option schema."""
     from .methods import method_options  # late import: config must not depend on methods at import
 
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    cfg = _merge(OmegaConf.structured(Config), cfg, "config")
     if cfg.data.splits is None:
         cfg.data.splits = str(Path(cfg.data.root) / "splits")
+    if not isinstance(cfg.method, DictConfig):
+        raise ConfigError(f"method: expected a mapping with name and options, got {cfg.method!r}")
     name = cfg.method.get("name", None)
     options = method_options(name)  # raises ConfigError for an unknown method
     try:
@@ -278,24 +315,85 @@ def resolve(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+MODEL_NAMES = ("deeplabv3plus", "maskformer", "segformer")
+BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
+ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
+
+
 def _validate(cfg: DictConfig) -> None:
+    """Every range and choice of the schema; the first violation raises ``ConfigError`` naming
+    the key, its value and what is expected. (Method options are checked by the methods.)"""
+    d, m, o, tr, e, v = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.eval, cfg.viz
+    pos = "a positive number"
+    nonneg = "0 or a positive number"
     checks = [
-        (cfg.data.dataset in ("digits", "pascal", "cityscapes"), "data.dataset", "digits, pascal or cityscapes"),
-        (cfg.data.label_format in ("voc", "cityscapes"), "data.label_format", "voc or cityscapes"),
+        (d.dataset in ("digits", "pascal", "cityscapes"), "data.dataset", "digits, pascal or cityscapes"),
+        (d.label_format in ("voc", "cityscapes"), "data.label_format", "voc or cityscapes"),
         (cfg.device in ("cpu", "cuda", "auto"), "device", "cpu, cuda or auto"),
-        (cfg.eval.mode in ("full", "sliding", "crop"), "eval.mode", "full, sliding or crop"),
-        (cfg.eval.model in ("teacher", "student"), "eval.model", "teacher or student"),
-        (cfg.optim.name in ("sgd", "adamw"), "optim.name", "sgd or adamw"),
+        (e.mode in ("full", "sliding", "crop"), "eval.mode", "full, sliding or crop"),
+        (e.model in ("teacher", "student"), "eval.model", "teacher or student"),
+        (o.name in ("sgd", "adamw"), "optim.name", "sgd or adamw"),
         (cfg.augment.mix in ("cutmix", "classmix", "none"), "augment.mix", "cutmix, classmix or none"),
-        (cfg.train.iters > 0, "train.iters", "a positive number"),
-        (cfg.train.batch_labeled > 0, "train.batch_labeled", "a positive number"),
-        (cfg.data.num_classes > 1, "data.num_classes", "at least 2"),
-        (len(cfg.data.scale_range) == 2 and 0 < cfg.data.scale_range[0] <= cfg.data.scale_range[1],
-         "data.scale_range", "[lo, hi] with 0 < lo <= hi"),
+        (m.name in MODEL_NAMES, "model.name", ", ".join(MODEL_NAMES)),
+        (m.backbone in BACKBONES, "model.backbone", ", ".join(BACKBONES)),
+        (m.encoder in ENCODERS, "model.encoder", ", ".join(ENCODERS)),
+        (m.output_stride in (8, 16), "model.output_stride", "8 or 16"),
+        (m.name != "deeplabv3plus" or m.backbone != "small" or m.output_stride == 8, "model.output_stride",
+         "8 with model.backbone=small"),
+        (str(d.split).strip() != "" and "/" not in str(d.split) and ".." not in str(d.split), "data.split",
+         "a split name such as 1_16 (no '/' or '..')"),
+        (tr.iters > 0, "train.iters", pos),
+        (tr.batch_labeled >= 2, "train.batch_labeled", "at least 2 (BatchNorm needs more than one value per channel)"),
+        (tr.batch_unlabeled > 0, "train.batch_unlabeled", pos),
+        (tr.checkpoint_every > 0, "train.checkpoint_every", pos),
+        (tr.log_every > 0, "train.log_every", pos),
+        (tr.eval_every >= 0, "train.eval_every", nonneg),
+        (tr.seed >= 0, "train.seed", nonneg),
+        (tr.threads >= 0, "train.threads", "0 (torch's default) or a positive number"),
+        (d.num_classes > 1, "data.num_classes", "at least 2"),
+        (d.num_classes <= 255, "data.num_classes", "at most 255 (255 is the ignore index)"),
+        (d.crop_size > 0, "data.crop_size", pos),
+        (d.num_workers >= 0, "data.num_workers", nonneg),
+        (len(d.scale_range) == 2 and all(_finite(x) for x in d.scale_range)
+         and 0 < d.scale_range[0] <= d.scale_range[1], "data.scale_range", "[lo, hi] with 0 < lo <= hi"),
+        (len(d.mean) == 3 and all(_finite(x) for x in d.mean), "data.mean", "three finite numbers"),
+        (len(d.std) == 3 and all(_finite(x) and x > 0 for x in d.std), "data.std", "three positive numbers"),
+        (_finite(o.lr) and o.lr > 0, "optim.lr", "a positive finite number"),
+        (_finite(o.momentum) and 0 <= o.momentum < 1, "optim.momentum", "a number in [0, 1)"),
+        (_finite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay", "0 or a positive finite number"),
+        (_finite(o.head_lr_mult) and o.head_lr_mult > 0, "optim.head_lr_mult", "a positive finite number"),
+        (o.warmup_iters >= 0, "optim.warmup_iters", nonneg),
+        (_finite(o.power) and o.power > 0, "optim.power", "a positive finite number"),
+        (_finite(o.min_lr) and o.min_lr >= 0, "optim.min_lr", "0 or a positive finite number"),
+        (o.grad_clip is None or (_finite(o.grad_clip) and o.grad_clip > 0), "optim.grad_clip",
+         "null or a positive number"),
+        (all(x > 0 for x in (m.width, m.rep_dim, m.aspp_channels, m.low_channels, m.head_channels, m.num_queries,
+                             m.dec_layers, m.dec_heads, m.dec_ffn, m.decoder_dim)), "model widths",
+         "positive numbers (width, rep_dim, aspp_channels, low_channels, head_channels, num_queries, dec_layers, "
+         "dec_heads, dec_ffn, decoder_dim)"),
+        (len(m.aspp_rates) > 0 and all(r > 0 for r in m.aspp_rates), "model.aspp_rates", "positive dilation rates"),
+        (_finite(m.dec_dropout) and 0 <= m.dec_dropout < 1, "model.dec_dropout", "a number in [0, 1)"),
+        (_finite(m.drop_path) and 0 <= m.drop_path < 1, "model.drop_path", "a number in [0, 1)"),
+        (_finite(m.input_scale) and m.input_scale > 0, "model.input_scale", "a positive finite number"),
+        (m.dec_memory in ("aspp", "pixel"), "model.dec_memory", "aspp or pixel"),
+        (e.window >= 0, "eval.window", "0 (data.crop_size) or a positive number"),
+        (e.stride >= 0, "eval.stride", "0 (2/3 of the window) or a positive number"),
+        (e.batch_size > 0, "eval.batch_size", pos),
+        (e.max_images >= 0, "eval.max_images", "0 (all) or a positive number"),
+        (e.pl_max_images >= 0, "eval.pl_max_images", "0 (all) or a positive number"),
+        (v.overlays >= 0 and v.tsne_pixels >= 0 and v.tsne_iters >= 0 and v.snapshots >= 0
+         and v.snapshot_pixels >= 0 and v.snapshot_images >= 0, "viz", "non-negative counts"),
+        (str(cfg.run.dir).strip() != "", "run.dir", "a folder path"),
+        (str(d.root).strip() != "", "data.root", "a folder path"),
     ]
     for ok, key, expected in checks:
         if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r}: expected {expected}")
+            shown = key if (" " in key or key == "viz") else f"{key}={OmegaConf.select(cfg, key)!r}"
+            raise ConfigError(f"{shown}: expected {expected}")
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -308,5 +406,4 @@ def from_yaml(path: str | Path) -> DictConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    return resolve(_merge(OmegaConf.structured(Config), OmegaConf.create(_quote_split_names(path.read_text())),
-                          str(path)))
+    return resolve(_merge(OmegaConf.structured(Config), _read_yaml(path), str(path)))

@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from .io import atomic_savefig, atomic_write_text
+
 # (preset, split): the semi-supervised problem on 1_16, bounded by supervised 1_16 and full;
 # rc2l and allspark each with the supervised baseline of their own network (mask-classification
 # head, SegFormer). Longest first, so that two lanes finish close together.
@@ -44,14 +46,16 @@ def results_figure(rows: list[dict], path: Path) -> Path:
     ax.set_ylim(0, 100)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
 
 
 def _launch(method: str, split: str, seed: int, run: Path, data: str, max_iters: int, threads: int):
     """Start ``s4kit reproduce`` for one run in a subprocess; its output goes to ``run/demo.log``."""
-    run.mkdir(parents=True, exist_ok=True)
+    from .engine.trainer import claim_run_dir
+
+    claim_run_dir(run)  # an s4kit run folder before demo.log goes in (reproduce refuses any other)
     cmd = [sys.executable, "-m", "s4kit.cli", "reproduce", "--method", method, "--dataset", "digits", "--split", split,
            "--seed", str(seed), "--out", str(run), "-p", "DATA_ROOT", data]
     if max_iters:
@@ -115,7 +119,7 @@ def main(argv=None) -> int:
             if not args.methods or m in args.methods]
     run_all(runs, str(Path(args.data).resolve()), args.jobs, args.max_iters)
     table = report_table(out)
-    (out / "results.md").write_text(table + "\n")
+    atomic_write_text(out / "results.md", table + "\n")
     print(table)
     if args.figures:
         fig_dir = Path(args.figures)

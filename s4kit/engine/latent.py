@@ -8,18 +8,19 @@ import numpy as np
 
 from ..config import ConfigError
 from ..data.datasets import CLASS_NAMES
+from ..io import atomic_write_text, json_dumps
 from ..viz.latent import comparison_figure, embed_snapshots, evolution_figure, latent_measures, sigma_sizes
 from .snapshots import load_snapshots
 
 
 def run_info(run_dir: Path) -> dict:
     """Method, dataset, split, seed and class names of a run folder (from its config.yaml)."""
-    from omegaconf import OmegaConf
-
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
-    cfg = OmegaConf.load(path)
+    from ..config import from_yaml
+
+    cfg = from_yaml(path)  # ConfigError (one line) if unreadable
     k = int(cfg.data.num_classes)
     names = list(CLASS_NAMES.get(cfg.data.dataset, ()))
     return {"method": cfg.method.name, "dataset": cfg.data.dataset, "split": str(cfg.data.split),
@@ -65,9 +66,14 @@ def viz_runs(run_dirs: list[str | Path], out: str | Path | None = None, tsne_ite
         results[str(rd)] = measures
         mpath = rd / "metrics.json"
         if mpath.exists():
-            m = json.loads(mpath.read_text())
+            try:
+                m = json.loads(mpath.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                m = None
+            if not isinstance(m, dict):
+                raise ConfigError(f"{mpath}: not a JSON object (an edited file?); restore or delete it")
             m.update(measures)
-            mpath.write_text(json.dumps(m, indent=1, default=float))
+            atomic_write_text(mpath, json_dumps(m))
         _, pts, protos = embedded[-1]
         panels.append({"title": f"{run_label(info)}\nsil {measures['silhouette']:.2f} | "
                                 f"kNN {measures['knn_accuracy']:.1f}%",

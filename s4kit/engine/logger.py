@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from pathlib import Path
+
+from ..io import atomic_path
 
 
 def read_log(path: str | Path) -> list[dict]:
@@ -41,10 +42,8 @@ class CSVLog:
         if not self.enabled:
             return
         columns = ["iter"] + sorted({k for r in self.rows for k in r} - {"iter"})
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
+        with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=columns)
             w.writeheader()
             for r in self.rows:
                 w.writerow({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()})
-        os.replace(tmp, self.path)

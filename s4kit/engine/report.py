@@ -13,14 +13,32 @@ METHOD_ORDER = ["supervised", "meanteacher", "reco", "css", "prcl", "supervised_
 MODEL_ORDER = ["", "maskformer", "segformer"]  # DeepLabV3+ methods first, then each head with its baseline
 
 
-def collect_metrics(runs_dir: str | Path) -> list[dict]:
-    """Every ``metrics.json`` below ``runs_dir`` (with its folder as ``run_dir``)."""
+REQUIRED = ("method", "dataset", "split", "miou")
+
+
+def collect_metrics(runs_dir: str | Path, skipped: list[str] | None = None) -> list[dict]:
+    """Every readable ``metrics.json`` below ``runs_dir`` (with its folder as ``run_dir``).
+
+    A file that is empty, not JSON, or lacks one of ``REQUIRED`` is left out and, when
+    ``skipped`` is a list, appended to it as ``"<path> (<reason>)"``: one broken run never
+    hides the others. Raises ``ConfigError`` if ``runs_dir`` is not a folder.
+    """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ConfigError(f"{runs_dir}: no such folder")
     out = []
     for p in sorted(runs_dir.rglob("metrics.json")):
-        m = json.loads(p.read_text())
+        try:
+            m = json.loads(p.read_text(encoding="utf-8"))
+            if not isinstance(m, dict):
+                raise ValueError(f"a JSON {type(m).__name__}, not an object")
+            missing = [k for k in REQUIRED if k not in m]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+        except (OSError, ValueError) as exc:
+            if skipped is not None:
+                skipped.append(f"{p} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+            continue
         m["run_dir"] = str(p.parent)
         out.append(m)
     return out
@@ -70,11 +88,14 @@ COLUMNS = [("dataset", "dataset"), ("method", "method"), ("split", "split"), ("n
            ("iters", "iters"), ("minutes", "train min")]
 
 
-def report_table(runs_dir: str | Path, csv: bool = False) -> str:
-    """Markdown (or CSV) table of every run below ``runs_dir``; raises ``ConfigError`` if none."""
-    rows = summarize(collect_metrics(runs_dir))
+def report_table(runs_dir: str | Path, csv: bool = False, skipped: list[str] | None = None) -> str:
+    """Markdown (or CSV) table of every run below ``runs_dir``; unreadable metrics files go to
+    ``skipped`` (see ``collect_metrics``). Raises ``ConfigError`` if no run is readable."""
+    skipped = [] if skipped is None else skipped
+    rows = summarize(collect_metrics(runs_dir, skipped))
     if not rows:
-        raise ConfigError(f"{runs_dir}: no metrics.json below this folder")
+        raise ConfigError(f"{runs_dir}: no readable metrics.json below this folder ({len(skipped)} unreadable, "
+                          f"e.g. {skipped[0]})" if skipped else f"{runs_dir}: no metrics.json below this folder")
     if csv:
         lines = [",".join(k for k, _ in COLUMNS)] + [",".join(str(r[k]) for k, _ in COLUMNS) for r in rows]
         return "\n".join(lines)

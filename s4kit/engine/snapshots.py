@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..losses.contrast import class_means
+from ..io import atomic_savez
 from ..methods.base import downsample_labels
 from ..viz.tsne import sample_pixels
 
@@ -107,7 +108,7 @@ def take_snapshot(cfg, method, device, dataset, pixels: dict, path: Path) -> Pat
     for name, maps in fw["extras"].items():
         data[f"extra_{name}"] = gather(maps).astype(np.float16)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **data)
+    atomic_savez(path, compressed=True, **data)
     return path
 
 
@@ -134,7 +135,7 @@ class Snapshotter:
             else:
                 self._pixels = choose_pixels(self.cfg, self.method, self.device, self._dataset)
                 self.dir.mkdir(parents=True, exist_ok=True)
-                np.savez(px, **self._pixels)
+                atomic_savez(px, **self._pixels)
         take_snapshot(self.cfg, self.method, self.device, self._dataset, self._pixels,
                       self.dir / f"iter_{step:06d}.npz")
         self.seconds += time.time() - t0

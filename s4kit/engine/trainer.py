@@ -16,7 +16,6 @@ The learning rate follows the poly schedule with an optional linear warm-up:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from .. import __version__, dist
+from ..io import RunLock, atomic_path, atomic_write_text, json_dumps
 from ..config import ConfigError, from_yaml, to_yaml
 from ..errors import S4kitError
 from ..data.loaders import build_dataset, build_train_streams, n_images
@@ -90,18 +90,29 @@ def git_sha() -> str | None:
 
 
 def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG state as tensors and plain numbers, so ``torch.load(weights_only=True)`` reads it back.
+
+    numpy's MT19937 state ``(name, keys uint32 (624,), pos, has_gauss, gauss)`` and python's
+    ``(version, 625 ints, gauss_next)`` are stored with their keys as int64 tensors."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+             "python": [version, torch.tensor(internal, dtype=torch.int64), gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    """Inverse of ``_rng_state``."""
+    torch.set_rng_state(state["torch"].cpu())
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.cpu().numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(int(x) for x in internal.tolist()), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def build_optimizer(cfg, groups: list[dict]) -> torch.optim.Optimizer:
@@ -127,29 +138,101 @@ def _to_device(batch: dict | None, device: torch.device, channels_last: bool) ->
     return out
 
 
-def prepare_run_dir(cfg) -> Path:
-    """Create the run folder and write ``config.yaml``; on resume check it matches.
+RUN_MARKER = ".s4kit-run"  # written first into every run folder s4kit creates
 
-    Raises ``ConfigError`` if ``run.dir`` holds a run whose config differs (other than
-    ``train.iters``, so a finished run can be extended).
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """Refuse a ``run.dir`` s4kit did not make, writing nothing.
+
+    Accepted: a missing or empty folder, one holding the ``.s4kit-run`` marker, or (runs made
+    before the marker) one holding ``checkpoints/last.pt`` or a ``config.yaml`` that reads as an
+    s4kit config; ``prepare_run_dir`` then checks these files.
+
+    Raises:
+        ConfigError: ``run_dir`` (or a parent) is a file, or a non-empty folder that is not
+            an s4kit run (the message names one of its files).
+    """
+    run_dir = Path(run_dir)
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"run.dir={str(run_dir)!r}: {str(parent)!r} is a file, not a folder")
+    if run_dir.is_dir() and not (run_dir / RUN_MARKER).exists():
+        found = sorted(p.name for p in run_dir.iterdir())
+        legacy = (run_dir / "checkpoints" / "last.pt").is_file() or (
+            (run_dir / "config.yaml").is_file() and _reads_as_config(run_dir / "config.yaml"))
+        if found and not legacy:
+            raise ConfigError(f"run.dir={str(run_dir)!r} is not empty and is not an s4kit run folder (holds "
+                              f"{found[0]!r}{' and more' if len(found) > 1 else ''}); s4kit writes only into "
+                              "new, empty or its own run folders: choose another run.dir")
+    return run_dir
+
+
+def claim_run_dir(run_dir: str | Path) -> Path:
+    """``check_run_dir``, then create the folder and mark it as s4kit's (``.s4kit-run``).
+
+    Raises ``ConfigError`` (see ``check_run_dir``) or ``OSError`` (permission, no space).
+    """
+    run_dir = check_run_dir(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / RUN_MARKER).exists():
+        atomic_write_text(run_dir / RUN_MARKER, "s4kit run folder\n")
+    return run_dir
+
+
+def _reads_as_config(path: Path) -> bool:
+    try:
+        from_yaml(path)
+        return True
+    except ConfigError:
+        return False
+
+
+def prepare_run_dir(cfg, device: torch.device | str = "cpu") -> tuple[Path, dict | None]:
+    """Claim the run folder, check a resume, write ``config.yaml``; return ``(run_dir, checkpoint)``.
+
+    ``checkpoint`` is the content of ``checkpoints/last.pt`` (on ``device``) when the folder
+    holds one, else None. ``config.yaml`` is written atomically, so a kill while writing it
+    leaves the previous one.
+
+    Raises:
+        ConfigError: ``run.dir`` is not an s4kit run folder (see ``claim_run_dir``); it holds a
+            run whose config differs (other than ``train.iters``, so a finished run can be
+            extended, and ``run.dir``, so a run folder can be moved); it holds a checkpoint but no readable ``config.yaml``; or
+            ``train.iters`` is below the checkpoint's iteration.
+        CheckpointError: ``last.pt`` is corrupt or holds anything but tensors and plain values.
     """
     run_dir = Path(cfg.run.dir)
-    path = run_dir / "config.yaml"
+    path, ckpt_path = run_dir / "config.yaml", run_dir / "checkpoints" / "last.pt"
+    if dist.rank() == 0:
+        claim_run_dir(run_dir)
+    state = None
+    if ckpt_path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{ckpt_path} exists but {path} is missing: cannot check that the resume uses the "
+                              "same config; restore config.yaml or use another run.dir")
+        state = load_checkpoint(ckpt_path, device)
+        if cfg.train.iters < state["step"]:
+            raise ConfigError(f"train.iters={cfg.train.iters} is below the iteration of {ckpt_path} "
+                              f"({state['step']}): a run can be extended, not shortened; use another run.dir")
     if path.exists():
-        old = from_yaml(path)
+        try:
+            old = from_yaml(path)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: unreadable ({exc}); restore it or use another run.dir") from exc
         from omegaconf import OmegaConf
 
         a, b = OmegaConf.to_container(old), OmegaConf.to_container(cfg)
-        a["train"].pop("iters"), b["train"].pop("iters")
+        for c in (a, b):  # a run may be extended (iters) and moved or shared (run.dir)
+            c["train"].pop("iters"), c["run"].pop("dir")
         if a != b:
             diff = [k for k in sorted(set(_flatten(a)) | set(_flatten(b))) if _flatten(a).get(k) != _flatten(b).get(k)]
             raise ConfigError(f"{path}: run.dir holds a run with a different config ({', '.join(diff[:6])}); "
                               "use another run.dir or delete the folder")
     if dist.rank() == 0:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
         (run_dir / "figures").mkdir(exist_ok=True)
-        path.write_text(to_yaml(cfg))
-    return run_dir
+        atomic_write_text(path, to_yaml(cfg))
+    return run_dir, state
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -162,17 +245,63 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+class CheckpointError(S4kitError):
+    """A checkpoint is unreadable, unsafe to load, or does not fit the configured method."""
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Read a ``last.pt`` with ``torch.load(weights_only=True)``: tensors and plain values only.
+
+    A checkpoint never carries code: a file holding any other Python object (a pickled class
+    whose ``__reduce__`` would run on load) is refused before anything in it is executed.
+
+    Raises:
+        CheckpointError: the file is corrupt or truncated, holds non-tensor objects, or lacks
+            ``step`` / ``method`` (the message names the file, one line).
+    """
+    import pickle
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused to load: it holds Python objects other than tensors and plain "
+                              f"values, which could run code ({_first_line(exc)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        if isinstance(exc, (PermissionError, IsADirectoryError)):
+            raise
+        raise CheckpointError(f"{path}: unreadable checkpoint ({_first_line(exc)}); restore it, or delete the "
+                              "run folder to start over") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("method"),
+                                                                                               dict):
+        raise CheckpointError(f"{path}: not an s4kit checkpoint (expected a dict with 'step' and 'method')")
+    return state
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def non_finite_tensors(method, optimizer) -> list[str]:
+    """Names of the method's parameters/buffers and optimizer state tensors holding NaN or inf."""
+    bad = [k for k, v in method.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    for i, s in optimizer.state.items():
+        bad += [f"optimizer.{k}" for k, v in s.items()
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    return bad
+
+
 def save_checkpoint(path: Path, method, optimizer, step: int, extra: dict) -> None:
-    """Atomic write of everything a resume needs.
+    """Atomic write of everything a resume needs, as tensors and plain values (see ``load_checkpoint``).
 
     ``rng`` is this process's RNG state; under DDP the trainer adds ``rng_per_rank`` (every
     rank's, gathered) so each rank resumes its own random stream (see ``_resume_rng``).
     """
     state = {"step": step, "method": unwrap_state(method), "optimizer": optimizer.state_dict(),
              "rng": _rng_state(), **extra}
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def unwrap_state(method) -> dict:
@@ -195,27 +324,75 @@ def _resume_rng(state: dict, rank: int, world: int) -> dict:
     return state["rng"]
 
 
-def load_method_state(method, state: dict) -> None:
-    """Load a ``unwrap_state`` dict into a (possibly DDP-wrapped) method, strictly."""
+def load_method_state(method, state: dict, source: str | Path = "checkpoint") -> None:
+    """Load a ``unwrap_state`` dict into a (possibly DDP-wrapped) method, strictly.
+
+    Raises ``CheckpointError`` naming ``source`` and the first mismatching keys when the
+    checkpoint was written by another method or model."""
     wrapped = hasattr(method.student, "module")
     if wrapped:
         state = {k.replace("student.", "student.module.", 1) if k.startswith("student.") else k: v
                  for k, v in state.items()}
-    method.load_state_dict(state, strict=True)
+    try:
+        method.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        own = method.state_dict()
+        if set(own) != set(state):
+            detail = f"missing keys {sorted(set(own) - set(state))[:3]}, unexpected keys {sorted(set(state) - set(own))[:3]}"
+        else:
+            k = next((k for k in own if tuple(own[k].shape) != tuple(state[k].shape)), None)
+            detail = (f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
+                      if k else _first_line(exc))
+        raise CheckpointError(f"{source}: does not fit the configured method {method.name!r} ({detail}); "
+                              "was it written by another method or model?") from None
+
+
+def build_checked(cfg):
+    """``build_method(cfg)``, with the option checks of method and model constructors (``ValueError``)
+    turned into ``ConfigError`` so the command line prints them as one line."""
+    try:
+        return build_method(cfg)
+    except ValueError as exc:
+        if isinstance(exc, S4kitError):
+            raise
+        raise ConfigError(_first_line(exc)) from None
 
 
 def train(cfg, progress: bool = True) -> dict:
-    """Train ``cfg.method.name`` as configured and return the final metrics (also in metrics.json)."""
+    """Train ``cfg.method.name`` as configured and return the final metrics (also in metrics.json).
+
+    The method is built (its options checked) before any folder is touched; the run folder is
+    then claimed (``claim_run_dir``) and locked (``RunLock``) for the whole run.
+
+    Raises:
+        ConfigError: invalid options, a foreign or mismatching run folder (see ``prepare_run_dir``).
+        RunFolderBusy: another process trains into the same ``run.dir``.
+        CheckpointError: a corrupt, unsafe or mismatching ``last.pt``.
+        NonFiniteLossError: a loss or, at a checkpoint, a weight became NaN/inf (the message
+            names the last healthy checkpoint).
+    """
     device = resolve_device(cfg.device)
     setup_distributed(device)
-    rank, world = dist.rank(), dist.world_size()
+    rank = dist.rank()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed + rank, cfg.train.deterministic)
-    run_dir = prepare_run_dir(cfg)
+    method = build_checked(cfg).to(device)
+    lock = None
+    if rank == 0:
+        lock = RunLock(claim_run_dir(cfg.run.dir))
+    try:
+        return _train(cfg, method, device, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg, method, device: torch.device, progress: bool) -> dict:
+    rank, world = dist.rank(), dist.world_size()
+    run_dir, state = prepare_run_dir(cfg, device)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
 
-    method = build_method(cfg).to(device)
     channels_last = device.type == "cuda" and cfg.train.channels_last
     if channels_last:
         method.to(memory_format=torch.channels_last)
@@ -230,10 +407,14 @@ def train(cfg, progress: bool = True) -> dict:
 
     start, best, train_seconds = 0, {"miou": -1.0, "iter": 0}, 0.0
     window: dict[str, list[float]] = {}
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        load_method_state(method, state["method"])
-        optimizer.load_state_dict(state["optimizer"])
+    saved_step = None  # iteration of the last checkpoint known to be healthy
+    if state is not None:
+        load_method_state(method, state["method"], ckpt_path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"{ckpt_path}: optimizer state does not fit ({_first_line(exc)})") from None
+        saved_step = state["step"]
         start, best, train_seconds = state["step"], state.get("best", best), state.get("train_seconds", 0.0)
         window = state.get("log_window", {})  # losses of iterations since the last log row
         _set_rng_state(_resume_rng(state, rank, world))
@@ -248,7 +429,7 @@ def train(cfg, progress: bool = True) -> dict:
 
     snap = Snapshotter(cfg, method, device, run_dir, lambda: build_dataset(cfg, "val", train=False)) \
         if rank == 0 and cfg.viz.snapshots else None
-    if snap is not None and ckpt_path.exists():
+    if snap is not None and state is not None:
         snap.seconds = state.get("snapshot_seconds", 0.0)
     bar = tqdm(range(start, T), initial=start, total=T, desc=f"{cfg.method.name}", disable=not (progress and rank == 0),
                mininterval=2.0, dynamic_ncols=True)
@@ -268,7 +449,7 @@ def train(cfg, progress: bool = True) -> dict:
         if not torch.isfinite(total):
             bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach())}
             raise NonFiniteLossError(f"iteration {t}: non-finite loss {bad} in run {run_dir} "
-                                     f"(last checkpoint: {ckpt_path if ckpt_path.exists() else 'none'})")
+                                     f"({_healthy(ckpt_path, saved_step)})")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         if o.grad_clip:
@@ -303,10 +484,21 @@ def train(cfg, progress: bool = True) -> dict:
                      "snapshot_seconds": snap.seconds if snap is not None else 0.0}
             if world > 1:  # each rank draws its own augmentations and samples: keep every stream
                 extra["rng_per_rank"] = dist.all_gather_object(_rng_state())
+            poisoned = non_finite_tensors(method, optimizer)
+            if poisoned:
+                raise NonFiniteLossError(f"iteration {step}: non-finite values in {len(poisoned)} tensor(s) "
+                                         f"({', '.join(poisoned[:3])}) in run {run_dir}; not saved "
+                                         f"({_healthy(ckpt_path, saved_step)})")
             if rank == 0:
                 save_checkpoint(ckpt_path, method, optimizer, step, extra)
+            saved_step = step
     bar.close()
     return finalize(cfg, method, device, run_dir, best, train_seconds, snap.seconds if snap is not None else 0.0)
+
+
+def _healthy(ckpt_path: Path, step: int | None) -> str:
+    return f"last healthy checkpoint: {ckpt_path}, iteration {step}" if step is not None else \
+        "no healthy checkpoint was saved"
 
 
 def _images_per_iter(cfg, method) -> int:
@@ -407,5 +599,5 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
             from .figures import run_figures
 
             run_figures(cfg, method, device, run_dir, result, names)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+        atomic_write_text(run_dir / "metrics.json", json_dumps(metrics))
     return metrics

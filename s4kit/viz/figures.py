@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ..data.palette import colorize, palette_array  # noqa: E402
+from ..io import atomic_savefig  # noqa: E402
 
 
 def denormalize(image: np.ndarray, mean, std) -> np.ndarray:
@@ -126,6 +127,6 @@ def curves(path, rows: list[dict], keys: list[str], title: str = "", ylabel: str
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path

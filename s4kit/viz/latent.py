@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.palette import palette_array
+from ..io import atomic_savefig
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -138,7 +139,7 @@ def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str =
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path
 
@@ -165,6 +166,6 @@ def comparison_figure(path, panels: list[dict], names, dataset) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_savefig(fig, path, dpi=100)
     plt.close(fig)
     return path

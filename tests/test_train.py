@@ -55,14 +55,14 @@ def test_killed_and_resumed_run_ends_with_identical_metrics(digits_root, tmp_pat
     monkeypatch.setattr(ReCo, "after_step", dies_at_step_4)
     with pytest.raises(Killed):
         train(load_config("digits/reco", [f"data.root={digits_root}", f"run.dir={part}"] + common), progress=False)
-    assert torch.load(part / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
+    assert torch.load(part / "checkpoints" / "last.pt", weights_only=True)["step"] == 3
     assert [r["iter"] for r in read_log(part / "log.csv")] == [2, 4]
     monkeypatch.setattr(ReCo, "after_step", original)
     resumed = train(load_config("digits/reco", [f"data.root={digits_root}", f"run.dir={part}"] + common),
                     progress=False)
     assert resumed["miou"] == full["miou"] and resumed["per_class_iou"] == full["per_class_iou"]
-    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=False)["method"]
-    b = torch.load(part / "checkpoints" / "last.pt", weights_only=False)["method"]
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["method"]
+    b = torch.load(part / "checkpoints" / "last.pt", weights_only=True)["method"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     def strip(rows):

@@ -16,7 +16,6 @@ asks to be reported.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

@@ -264,7 +264,7 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
 
     paper = ["method.framework=allspark", "method.confidence_threshold=0.0", "method.pl_forward=batch",
              "method.warmup_fraction=0.0625", "method.heads=2", "method.attn_drop=0.1",
-             "method.eval_source=per_image", "method.unsup_warmup=0.0", "augment.mix=none"]
+             "method.eval_source=per_image", "method.unsup_warmup_fraction=0.0", "augment.mix=none"]
     cfg = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path, iters=16) + paper)
     torch.manual_seed(0)
     method = build_method(cfg)
@@ -292,7 +292,7 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
     assert torch.allclose(out["loss_unsup"], 0.5 * F.cross_entropy(up(seen["out"]["logits"][n_l:]), pseudo), atol=1e-5)
     cfg2 = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "b", iters=16)
                        + ["method.framework=unimatch_allspark", "method.confidence_threshold=0.0",
-                          "augment.mix=cutmix", "method.unsup_warmup=0.5", "method.pl_forward=memory",
+                          "augment.mix=cutmix", "method.unsup_warmup_fraction=0.5", "method.pl_forward=memory",
                           "method.eval_source=memory"])
     m2 = build_method(cfg2)
     assert m2.unsup_warmup_iters == 8 and m2.bottleneck.infer_source == "memory"

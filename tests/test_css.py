@@ -157,8 +157,9 @@ def _capture(method, labeled, unlabeled):
     """Run one step with augment.mix=none; return the teacher's label spaces and what the
     losses received."""
     got = {}
-    real_u, real_c = css_module.unsupervised_masked_ce, css_module.css_contrast_loss
-    css_module.unsupervised_masked_ce = lambda logits, y, q, t: got.update(u_label=y, u_conf=q) or real_u(logits, y, q, t)
+    real_u, real_c = css_module.unsupervised_ce, css_module.css_contrast_loss
+    css_module.unsupervised_ce = lambda kind, logits, y, q, t: got.update(u_label=y, u_conf=q) or real_u(kind, logits,
+                                                                                                        y, q, t)
     css_module.css_contrast_loss = lambda rep, y, v, *a: got.update(c_label=y, c_valid=v) or real_c(rep, y, v, *a)
     try:
         with torch.no_grad():
@@ -166,7 +167,7 @@ def _capture(method, labeled, unlabeled):
                                   unlabeled["image"].shape[-2:])
         method.train_step(labeled, unlabeled)
     finally:
-        css_module.unsupervised_masked_ce, css_module.css_contrast_loss = real_u, real_c
+        css_module.unsupervised_ce, css_module.css_contrast_loss = real_u, real_c
     return spaces, got
 
 

@@ -55,12 +55,21 @@ def test_predict_returns_logits_at_input_resolution(digits_root, tmp_path):
     assert method.eval_model() is method.teacher
 
 
-def test_unlabeled_padding_carries_no_pseudo_label(digits_root, tmp_path):
+def test_unlabeled_padding_carries_no_pseudo_label(digits_root, tmp_path, monkeypatch):
     cfg = load_config("digits/meanteacher", tiny_overrides(digits_root, tmp_path) + ["augment.mix=none"])
     method = build_method(cfg)
+    from s4kit.methods import steps
+
     captured = {}
-    method.extra_losses = lambda ctx: captured.update(ctx) or {}
+    real = steps.unsupervised_ce
+
+    def spy(kind, logits_u, pseudo, confidence, threshold):
+        captured.update(pseudo=pseudo, confidence=confidence)
+        return real(kind, logits_u, pseudo, confidence, threshold)
+
+    monkeypatch.setattr("s4kit.methods.meanteacher.unsupervised_ce", spy)
     labeled, unlabeled = _batches(cfg, method)
     unlabeled["valid"][:, :4] = False  # pretend the top rows were padding
     method.train_step(labeled, unlabeled)
     assert (captured["pseudo"][:, :4] == 255).all() and (captured["confidence"][:, :4] == 0).all()
+    assert (captured["pseudo"][:, 4:] != 255).any() and (captured["confidence"][:, 4:] > 0).all()

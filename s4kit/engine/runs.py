@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 
 from ..config import ConfigError, load_config, to_yaml
 from ..io import atomic_path, atomic_write_text, json_dumps

@@ -16,7 +16,6 @@ The learning rate follows the poly schedule with an optional linear warm-up:
 """
 from __future__ import annotations
 
-import math
 import os
 import random
 import subprocess
@@ -33,7 +32,6 @@ from ..config import ConfigError, from_yaml, to_yaml
 from ..errors import S4kitError
 from ..data.loaders import build_dataset, build_train_streams, n_images
 from ..methods import build_method
-from ..methods.base import unwrap
 from .evaluate import evaluate, pseudo_label_metrics
 from .logger import CSVLog
 from .snapshots import Snapshotter
@@ -265,8 +263,10 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line]
+        found = lines[0].rstrip(".") if lines else _first_line(exc)
         raise CheckpointError(f"{path}: refused to load: it holds Python objects other than tensors and plain "
-                              f"values, which could run code ({_first_line(exc)})") from None
+                              f"values, which could run code ({found})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         if isinstance(exc, (PermissionError, IsADirectoryError)):
             raise
@@ -279,8 +279,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an exception's message (its type name if it has none)."""
     text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
 
 
 def non_finite_tensors(method, optimizer) -> list[str]:

@@ -17,10 +17,20 @@ Only the anchors r_q receive gradient; prototypes and keys are detached.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = 255
+
+# s(a, b): float (..., E) x (..., E) -> (...), broadcasting; cosine for ReCo and CSS, MLS for PRCL
+Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """cos(a, b) over the last dimension: the similarity of ReCo (S7, S8) and CSS (C7)."""
+    return F.cosine_similarity(a, b, dim=-1)
 
 
 def flatten_pixels(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor):
@@ -70,7 +80,8 @@ def sample_keys_by_class(reps: torch.Tensor, labels: torch.Tensor, classes: torc
 
 def class_infonce(reps: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, i: int, hard: torch.Tensor,
                   positive: torch.Tensor, class_scores: torch.Tensor, temperature: float, num_queries: int,
-                  num_negatives: int) -> torch.Tensor:
+                  num_negatives: int, similarity: Similarity = cosine,
+                  extra_negatives: Callable | None = None) -> torch.Tensor:
     """l_c of (S8) for class ``classes[i]``: M_q anchors drawn uniformly (with replacement)
     from its hard pixels, each against the positive key and M_k negative keys.
 
@@ -81,9 +92,13 @@ def class_infonce(reps: torch.Tensor, labels: torch.Tensor, classes: torch.Tenso
         class_scores: (n,) relation scores of class i to every class, already divided by
             tau; negative classes c' != c are drawn from their softmax (S7).
         temperature: tau of (S8); num_queries: M_q; num_negatives: M_k.
+        similarity: s(anchor, key) in (S8) (cosine; PRCL: MLS on [mu, sigma^2] rows).
+        extra_negatives: optional ``fn(others, pi) -> (M_q, V, D)`` keys appended after
+            the sampled negatives (PRCL's virtual negatives), called under no-grad.
 
     Returns the mean InfoNCE over the anchors (a scalar). Keys carry no gradient; the
-    random draws are, in order: anchors, negative classes, negative pixels.
+    random draws are, in order: anchors, negative classes, negative pixels, then those of
+    ``extra_negatives``.
     """
     anchors = reps[hard[torch.randint(hard.numel(), (num_queries,), device=reps.device)]]
     with torch.no_grad():
@@ -92,14 +107,17 @@ def class_infonce(reps: torch.Tensor, labels: torch.Tensor, classes: torch.Tenso
         drawn = others[torch.multinomial(pi, num_queries * num_negatives, replacement=True)]
         negatives = sample_keys_by_class(reps.detach(), labels, classes, drawn.view(num_queries, num_negatives))
         keys = torch.cat([positive.expand(num_queries, 1, -1), negatives], dim=1)  # (M_q, 1 + M_k, D)
-    logits = F.cosine_similarity(anchors.unsqueeze(1), keys, dim=-1) / temperature
+        if extra_negatives is not None:
+            keys = torch.cat([keys, extra_negatives(others, pi)], dim=1)
+    logits = similarity(anchors.unsqueeze(1), keys) / temperature
     return F.cross_entropy(logits, torch.zeros(num_queries, dtype=torch.long, device=reps.device))
 
 
 def hard_anchor_contrast(reps: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, own_score: torch.Tensor,
                          prototypes: torch.Tensor, strong_threshold: float, temperature: float, num_queries: int,
-                         num_negatives: int, literal_denominator: bool = False) -> torch.Tensor:
-    """(S6)-(S9) on flattened valid pixels, shared by ReCo and CSS.
+                         num_negatives: int, literal_denominator: bool = False, similarity: Similarity = cosine,
+                         extra_negatives: Callable | None = None) -> torch.Tensor:
+    """(S6)-(S9) on flattened valid pixels: the one hard-anchor loop of ReCo, CSS and PRCL.
 
     Args:
         reps (N, D), labels (N,): the valid pixels; classes (n,): the present classes (n >= 2).
@@ -107,23 +125,28 @@ def hard_anchor_contrast(reps: torch.Tensor, labels: torch.Tensor, classes: torc
             below ``strong_threshold`` are the hard anchors (S6). ReCo: the student's
             probability; CSS: the similarity indicator.
         prototypes: (n, D) positive keys, one per present class (ReCo: batch class means;
-            CSS: EMA prototypes); their cosine similarities / tau drive (S7).
+            CSS: EMA prototypes; PRCL: distribution prototypes [mu, sigma^2]); their
+            similarities / tau drive (S7).
         temperature, num_queries, num_negatives: tau, M_q, M_k.
         literal_denominator: n counts classes without hard anchors too (ReCo code, defect 4).
+        similarity: s(., .) of (S7) and (S8): ``cosine`` (ReCo, CSS) or MLS (PRCL, P2).
+        extra_negatives: ``fn(i, others, pi) -> (M_q, V, D)`` more keys for class ``classes[i]``
+            (PRCL's virtual negatives); see ``class_infonce``.
 
     Returns the mean of l_c over the counted classes, or ``reps.sum() * 0`` if no class
     has a hard anchor.
     """
     with torch.no_grad():
-        proto_sim = F.cosine_similarity(prototypes.unsqueeze(1), prototypes.unsqueeze(0), dim=-1) / temperature
+        proto_sim = similarity(prototypes.unsqueeze(1), prototypes.unsqueeze(0)) / temperature
     losses, counted = [], 0
     for i, c in enumerate(classes):
         hard = torch.nonzero((labels == c) & (own_score < strong_threshold)).squeeze(1)
         counted += int(literal_denominator or hard.numel() > 0)
         if hard.numel() == 0:
             continue
+        extra = (lambda others, pi, i=i: extra_negatives(i, others, pi)) if extra_negatives is not None else None
         losses.append(class_infonce(reps, labels, classes, i, hard, prototypes[i], proto_sim[i], temperature,
-                                    num_queries, num_negatives))
+                                    num_queries, num_negatives, similarity, extra))
     if not losses:
         return reps.sum() * 0.0
     return torch.stack(losses).sum() / counted

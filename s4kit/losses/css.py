@@ -23,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .ramps import gaussian_rampdown
+
 from .contrast import flatten_pixels, hard_anchor_contrast, own_class_scores
 
 IGNORE_INDEX = 255
@@ -190,10 +192,10 @@ def contrast_rampdown(iteration: int, total: int, schedule: str = "global_rampdo
     Raises ``ValueError`` for an unknown schedule.
     """
     if schedule == "global_rampdown":
-        return math.exp(-5.0 * (iteration / max(total, 1)) ** 2)
+        return gaussian_rampdown(iteration, max(total, 1))
     if schedule == "epoch_rampdown_literal":
         e = iteration // max(epoch_length, 1)
-        return math.exp(-5.0 * (e / 200) ** 2) if e < 200 else 0.0
+        return gaussian_rampdown(e, 200) if e < 200 else 0.0
     if schedule == "constant":
         return 1.0
     raise ValueError(f"lambda_c schedule {schedule!r}: expected global_rampdown, epoch_rampdown_literal or constant")

@@ -11,13 +11,13 @@ Pure functions of tensors. The only cross-process step, the prototype statistics
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .contrast import flatten_pixels, sample_keys_by_class
+from .contrast import flatten_pixels, hard_anchor_contrast, own_class_scores
+from .ramps import gaussian_rampdown
 
 IGNORE_INDEX = 255
 
@@ -83,7 +83,7 @@ def rampdown_weight(t: float, total: float, mult: float = -5.0) -> float:
     ``RampdownScheduler`` with ramp_mult = -5; t in epochs there, iterations in s4kit)."""
     if total <= 0 or t >= total:
         return 0.0
-    return math.exp(mult * (max(t, 0.0) / total) ** 2)
+    return gaussian_rampdown(t, total, mult)
 
 
 # -- (P6)-(P7) the probabilistic contrastive loss -----------------------------------------
@@ -143,8 +143,7 @@ def prcl_loss(mu: torch.Tensor, sigma2: torch.Tensor, labels: torch.Tensor, vali
     if len(classes) <= 1:
         return zero, stats
     with torch.no_grad():
-        p_label = prob.detach().permute(0, 2, 3, 1)[valid & (labels != IGNORE_INDEX)]
-        p_label = p_label.gather(1, lab.unsqueeze(1)).squeeze(1)
+        p_label = own_class_scores(prob, labels, valid)  # hard anchors: P(label) < delta_s (P6)
         proto_mu, proto_s2 = prototypes_from_stats(*stats)
         if global_prototypes is not None:
             g_mu, g_s2 = global_prototypes
@@ -152,37 +151,23 @@ def prcl_loss(mu: torch.Tensor, sigma2: torch.Tensor, labels: torch.Tensor, vali
             proto_mu = torch.where(have[:, None], g_mu, proto_mu)
             proto_s2 = torch.where(have[:, None], g_s2, proto_s2)
         proto_mu, proto_s2 = proto_mu[classes], proto_s2[classes]  # (n, D)
-        # class-relation scores s(rho_c, rho_c') / tau for negative-class sampling
-        proto_sim = mls(proto_mu[:, None], proto_s2[:, None], proto_mu[None], proto_s2[None]) / temperature
-        pool = torch.cat([mus.detach(), s2s.detach()], 1)  # (N, 2D): keys keep mu and sigma^2 together
-    losses, counted = [], 0
-    for i, c in enumerate(classes):
-        hard = torch.nonzero((lab == c) & (p_label < strong_threshold)).squeeze(1)
-        if literal_denominator:
-            counted += 1
-        if hard.numel() == 0:
-            continue
-        if not literal_denominator:
-            counted += 1
-        pick = hard[torch.randint(hard.numel(), (num_queries,), device=mu.device)]
-        a_mu, a_s2 = mus[pick], s2s[pick]  # (Q, D) with gradient
-        with torch.no_grad():
-            others = torch.cat([torch.arange(i), torch.arange(i + 1, len(classes))]).to(mu.device)
-            pi = proto_sim[i, others].softmax(0)
-            drawn = others[torch.multinomial(pi, num_queries * num_negatives, replacement=True)]
-            neg = sample_keys_by_class(pool, lab, classes, drawn.view(num_queries, num_negatives))
-            k_mu = torch.cat([proto_mu[i].expand(num_queries, 1, D), neg[..., :D]], 1)  # (Q, 1 + M_k, D)
-            k_s2 = torch.cat([proto_s2[i].expand(num_queries, 1, D), neg[..., D:]], 1)
-            if virtual_negatives > 0 and global_prototypes is not None:
-                vd = others[torch.multinomial(pi, num_queries * virtual_negatives, replacement=True)]
-                vd = vd.view(num_queries, virtual_negatives)
-                v_mu = proto_mu[vd] + proto_s2[vd].sqrt() * torch.randn_like(proto_mu[vd])
-                k_mu, k_s2 = torch.cat([k_mu, v_mu], 1), torch.cat([k_s2, proto_s2[vd]], 1)
-        logits = mls(a_mu[:, None], a_s2[:, None], k_mu, k_s2) / temperature  # (Q, 1 + M_k [+ V])
-        losses.append(F.cross_entropy(logits, torch.zeros(num_queries, dtype=torch.long, device=mu.device)))
-    if not losses:
-        return zero, stats
-    return torch.stack(losses).sum() / counted + zero, stats
+
+    def gaussian_mls(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (P2) on [mu, sigma^2] rows (..., 2D)
+        return mls(a[..., :D], a[..., D:], b[..., :D], b[..., D:])
+
+    def virtual(i: int, others: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:  # V draws from N(mu_G, sigma2_G)
+        vd = others[torch.multinomial(pi, num_queries * virtual_negatives, replacement=True)]
+        vd = vd.view(num_queries, virtual_negatives)
+        v_mu = proto_mu[vd] + proto_s2[vd].sqrt() * torch.randn_like(proto_mu[vd])
+        return torch.cat([v_mu, proto_s2[vd]], -1)
+
+    # every pixel and prototype is one row [mu, sigma^2] (N, 2D): anchors keep the gradient of both
+    loss = hard_anchor_contrast(torch.cat([mus, s2s], 1), lab, classes, p_label, torch.cat([proto_mu, proto_s2], 1),
+                                strong_threshold, temperature, num_queries, num_negatives, literal_denominator,
+                                similarity=gaussian_mls,
+                                extra_negatives=virtual if virtual_negatives > 0 and global_prototypes is not None
+                                else None)
+    return loss + zero, stats
 
 
 # -- variance regularisation ([interpretation], off by default) ----------------------------

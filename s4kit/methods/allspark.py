@@ -30,7 +30,7 @@ s4kit options beyond the paper (defaults = paper; the digits preset uses them, s
 | ``eval_source`` | ``per_image``: the labeled branch as self-attention at test time | ``memory``: K/V from the semantic memory, as in training after the warm-up |
 | ``pl_forward`` | ``batch`` (K/V over the unlabeled batch) | ``memory`` (``batch`` during the memory warm-up) |
 | ``framework`` | ``allspark`` (no threshold, no mixing) | see the preset |
-| ``unsup_warmup`` | 0 (L_u from the first step) | see the preset |
+| ``unsup_warmup_fraction`` | 0 (L_u from the first step) | see the preset |
 | ``attn_drop`` | 0.1 | 0 (lets ``channel_attention`` use its fused kernel) |
 | ``heads`` | 2 | 1 (the labeled attention matrix grows with h^2) |
 
@@ -42,18 +42,17 @@ training. On digits (MiT-b0 from scratch, 800 iterations) the same checkpoint sc
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from ..data.mixing import mix_batch
 from ..losses.ce import supervised_ce, unsupervised_masked_ce
-from ..metrics import pseudo_label_quality
+from ..losses.ramps import fraction_to_iters
 from ..models.allspark import AllSpark, memory_tokens
-from .base import IGNORE_INDEX, check_choices, register, unwrap, upsample
-from .supervised import Supervised, SupervisedOptions
+from .base import IGNORE_INDEX, Method, check_choices, register, unwrap, upsample
+from .steps import pseudo_label_logs, require_unlabeled, strong_mixed_view
+from .supervised import SupervisedOptions
 
 
 @dataclass
@@ -75,11 +74,11 @@ class AllSparkOptions(SupervisedOptions):
     sup_weight: float = 0.5
     unsup_weight: float = 0.5
     confidence_threshold: float = 0.0  # allspark: none (0 = every pixel; only for measuring); unimatch_allspark: mask
-    unsup_warmup: float = 0.0  # fraction of the iterations with L_u off (paper: 0; the memory still fills)
+    unsup_warmup_fraction: float = 0.0  # share of the iterations with L_u off (paper: 0; the memory still fills)
 
 
 @register("allspark")
-class AllSparkMethod(Supervised):
+class AllSparkMethod(Method):
     """AllSpark training on a ``model.name=segformer`` network (bottleneck installed here).
 
     ``train_step(labeled, unlabeled)`` returns ``loss_sup`` (= sup_weight * L_x),
@@ -110,8 +109,8 @@ class AllSparkMethod(Supervised):
         net.bottleneck = AllSpark(net.encoder.channels[-1], self.num_classes, tokens, o.heads, o.attn_drop,
                                   o.proj_drop, o.memory_sync)
         net.bottleneck.infer_source = o.eval_source
-        self.warmup_iters = int(math.ceil(o.warmup_fraction * self.total_iters))
-        self.unsup_warmup_iters = int(math.ceil(o.unsup_warmup * self.total_iters))
+        self.warmup_iters = fraction_to_iters(o.warmup_fraction, self.total_iters)
+        self.unsup_warmup_iters = fraction_to_iters(o.unsup_warmup_fraction, self.total_iters)
 
     @property
     def bottleneck(self) -> AllSpark:
@@ -135,27 +134,23 @@ class AllSparkMethod(Supervised):
             net.train(was_training)
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
-        if unlabeled is None:
-            raise RuntimeError("method 'allspark' needs an unlabeled batch")
-        o, u = self.opts, unlabeled["image"]
+        o, u = self.opts, require_unlabeled(self, unlabeled)["image"]
         size, n_l = u.shape[-2:], labeled["image"].shape[0]
+        # 1. eval-mode forward of the same network on u: pseudo-labels and CSG class maps
         logits_pl = self.pseudo_label_forward(u)
         with torch.no_grad():
             confidence, pseudo = upsample(logits_pl, size).softmax(1).max(1)
             if o.ignore_u_padding and "valid" in unlabeled:
                 pseudo = pseudo.masked_fill(~unlabeled["valid"], IGNORE_INDEX)
                 confidence = confidence.masked_fill(~unlabeled["valid"], 0.0)
-            logs = {}
-            if "hidden_mask" in unlabeled:
-                q = pseudo_label_quality(pseudo, confidence, unlabeled["hidden_mask"], o.confidence_threshold)
-                logs = {f"pl_{k}": v for k, v in q.items() if not math.isnan(v)}
+            logs = pseudo_label_logs(pseudo, confidence, unlabeled, o.confidence_threshold)
             if o.framework == "allspark":
                 u_in, class_maps = u, logits_pl if o.csg_input == "logits" else logits_pl.softmax(1)
             else:  # non-paper weak-to-strong variant
-                u_mix, pseudo, confidence = mix_batch(self.cfg.augment.mix, u, pseudo, confidence)
-                u_in = self.strong(u_mix)
+                u_in, pseudo, confidence = strong_mixed_view(self, u, pseudo, confidence)
                 class_maps = F.one_hot(pseudo.clamp(max=self.num_classes), self.num_classes + 1)[..., :-1]
                 class_maps = class_maps.permute(0, 3, 1, 2).float()  # ignored pixels: all zeros
+        # 2. one training forward on cat(x, u): CSG, memory, channel cross-attention (A1-A8)
         use_memory = self.iteration >= self.warmup_iters
         self.bottleneck.set_context(n_l, class_maps, use_memory)
         out = self.student(torch.cat([self.augment_labeled(labeled["image"]), u_in]))
@@ -164,6 +159,7 @@ class AllSparkMethod(Supervised):
             loss_u = supervised_ce(logits_u, pseudo)  # (A9): every pixel, no threshold
         else:
             loss_u = unsupervised_masked_ce(logits_u, pseudo, confidence, o.confidence_threshold)
+        # 3. L = sup_weight L_x + unsup_weight L_u   (A9: both 1/2)
         unsup_on = self.iteration >= self.unsup_warmup_iters
         return {"loss_sup": o.sup_weight * self.sup_loss(logits_l, labeled["mask"]),
                 "loss_unsup": (o.unsup_weight if unsup_on else 0.0) * loss_u, "memory": float(use_memory),

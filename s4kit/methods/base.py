@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import build_model
+from ..models.ema import ema_update, make_teacher
 
 IGNORE_INDEX = 255
 _REGISTRY: dict[str, type["Method"]] = {}
@@ -126,12 +127,17 @@ class Method(nn.Module):
         return "rep" if self.uses_representation else "feat"
 
     def __init__(self, cfg):
+        from ..data.transforms import StrongAugment
+
         super().__init__()
         self.cfg = cfg
         self.opts = cfg.method
         self.num_classes = cfg.data.num_classes
         self.student = build_model(cfg.model, cfg.data.num_classes)
-        self.teacher: nn.Module | None = None
+        self.teacher: nn.Module | None = None  # an EMA copy, made by ``make_teacher``
+        self.strong = StrongAugment(cfg.augment, cfg.data.mean, cfg.data.std)  # photometric strong view
+        if "sup_loss" in self.opts:
+            check_choices(self.opts, {"sup_loss": ("ce", "ohem")})
         # the trainer sets ``iteration`` (0-based) before every train_step, also after a resume,
         # so loss-weight schedules are pure functions of (iteration, total_iters)
         self.iteration, self.total_iters = 0, int(cfg.train.iters)
@@ -141,7 +147,36 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:
-        """Called after optimiser step ``step`` (0-based). Default: nothing."""
+        """Called after optimiser step ``step`` (0-based): the EMA update of the teacher (S1)
+        when the method has one (options ``ema_alpha``, ``ema_buffers``), else nothing."""
+        if self.teacher is not None:
+            ema_update(self.teacher, unwrap(self.student), step, self.opts.ema_alpha, self.opts.ema_buffers)
+
+    # -- the pieces every method uses ----------------------------------------------------
+    def make_teacher(self) -> None:
+        """Set ``teacher`` to an EMA copy of the student (no gradients; S1)."""
+        self.teacher = make_teacher(self.student)
+
+    @torch.no_grad()
+    def teacher_forward(self, image: torch.Tensor) -> dict:
+        """Teacher outputs on ``image`` (B, 3, H, W), in train mode (ReCo-literal: batch
+        statistics) or eval mode as ``method.teacher_bn`` says."""
+        self.teacher.train(self.opts.teacher_bn == "train")
+        return self.teacher(image)
+
+    def augment_labeled(self, image: torch.Tensor) -> torch.Tensor:
+        """Photometric augmentation of labeled images (B, 3, H, W) if ``augment.labeled`` (ReCo family)."""
+        return self.strong(image) if self.cfg.augment.labeled else image
+
+    def sup_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """L_s: CE (S3) or OHEM (``method.sup_loss=ohem``) of logits (B, K, h, w) upsampled to
+        labels int64 (B, H, W), 255 ignored; a scalar."""
+        from ..losses.ce import ohem_ce, supervised_ce
+
+        logits = upsample(logits, labels.shape[-2:])
+        if self.opts.sup_loss == "ohem":
+            return ohem_ce(logits, labels, self.opts.ohem_thresh, self.opts.ohem_min_kept)
+        return supervised_ce(logits, labels)
 
     def param_groups(self) -> list[dict]:
         """Two groups: the encoder (``lr_mult`` 1) and the rest (``lr_mult`` = optim.head_lr_mult)."""

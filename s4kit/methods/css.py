@@ -42,7 +42,6 @@ defects). A zero prototype (a class never seen) has cosine 0 to every pixel, as 
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -50,14 +49,14 @@ import torch
 import torch.nn.functional as F
 
 from .. import dist
-from ..data.mixing import mix_batch
-from ..losses.ce import unsupervised_masked_ce, unsupervised_weighted_ce
 from ..losses.contrast import flatten_pixels
 from ..losses.css import (anchor_weights, class_sums, contrast_rampdown, css_contrast_loss, ema_prototypes,
                           max_rep_confidence, mix_labels, rep_distribution)
-from ..metrics import pseudo_label_quality
-from .base import IGNORE_INDEX, check_choices, downsample_labels, register, upsample
-from .reco import ReCo, RecoOptions
+from ..losses.ramps import linear_rampup
+from .base import IGNORE_INDEX, Method, check_choices, downsample_labels, register, upsample
+from .meanteacher import MEAN_TEACHER_CHOICES
+from .reco import RecoOptions
+from .steps import nearest, pseudo_label_logs, require_unlabeled, strong_mixed_view, unsupervised_ce
 
 
 @dataclass
@@ -92,7 +91,7 @@ def label_spaces(out: dict, prototypes: torch.Tensor, temperature: float, size) 
 
 
 @register("css")
-class CSS(ReCo):
+class CSS(Method):
     """CSS on the ReCo substrate; ``train_step`` returns ``loss_sup``, ``loss_unsup``,
     ``loss_contrast`` and diagnostics: ``pl_precision`` / ``pl_coverage`` of the labels L_u
     uses and, per label source, ``pl_precision_{logit,rep,mix}`` / ``pl_coverage_*`` (hidden
@@ -106,10 +105,13 @@ class CSS(ReCo):
     """
 
     Options = CSSOptions
+    uses_unlabeled = True
+    uses_representation = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
         o = self.opts
+        check_choices(o, MEAN_TEACHER_CHOICES)
         check_choices(o, {"strategy": ("mix", "cross"), "proto_source": ("student", "teacher"),
                           "proto_sync": ("global", "local_literal"), "mix_rep_filter": ("none", "paper"),
                           "contrast_schedule": ("global_rampdown", "epoch_rampdown_literal", "constant"),
@@ -122,6 +124,7 @@ class CSS(ReCo):
         if problems:
             warnings.warn(f"css: rep_temperature={o.rep_temperature} with {self.num_classes} classes caps the "
                           f"rep-space confidence at {q_max:.3f} (C4): " + "; ".join(problems), stacklevel=2)
+        self.make_teacher()
         self.register_buffer("proto", torch.zeros(self.num_classes, int(cfg.model.rep_dim)))
         self.register_buffer("proto_seen", torch.zeros(self.num_classes, dtype=torch.bool))
         self._epoch_length: int | None = None
@@ -212,7 +215,7 @@ class CSS(ReCo):
     def lambda_c(self) -> float:
         """contrast_weight * linear ramp-up (``contrast_warmup``) * ramp-down schedule (C9)."""
         o = self.opts
-        ramp = min(1.0, (self.iteration + 1) / o.contrast_warmup) if o.contrast_warmup else 1.0
+        ramp = linear_rampup(self.iteration, o.contrast_warmup)
         epoch = self.epoch_length() if o.contrast_schedule == "epoch_rampdown_literal" else 1
         return o.contrast_weight * ramp * contrast_rampdown(self.iteration, self.total_iters, o.contrast_schedule,
                                                             epoch)
@@ -233,10 +236,7 @@ class CSS(ReCo):
 
     # -- the iteration --------------------------------------------------------------------
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
-        if unlabeled is None:
-            raise RuntimeError(f"method {self.name!r} needs an unlabeled batch")
-        o = self.opts
-        u = unlabeled["image"]
+        o, u = self.opts, require_unlabeled(self, unlabeled)["image"]
         size = u.shape[-2:]
         protos_before = self.proto.clone()
         with torch.no_grad():
@@ -251,10 +251,9 @@ class CSS(ReCo):
                     s[k] = s[k].masked_fill(pad, 0.0)
             sources = self._sources(s)
             logs = {}
-            if "hidden_mask" in unlabeled:
-                for name, (y, q) in sources.items():
-                    qual = pseudo_label_quality(y, q, unlabeled["hidden_mask"], o.confidence_threshold)
-                    logs.update({f"pl_{k}_{name}": v for k, v in qual.items() if k != "accuracy" and not math.isnan(v)})
+            for name, (y, q) in sources.items():
+                logs.update(pseudo_label_logs(y, q, unlabeled, o.confidence_threshold, f"_{name}",
+                                              ("precision", "coverage")))
             # 2. the label strategy: which labels train L_u, which the contrast
             if o.strategy == "mix":
                 u_label, u_conf = sources["mix"]
@@ -264,25 +263,21 @@ class CSS(ReCo):
                 u_label, u_conf = sources["logit"] if warm else sources["rep"]
                 c_label, c_conf = sources["logit"]
                 logs["css_cross_warmup"] = float(warm)
-            if "hidden_mask" in unlabeled:
-                qual = pseudo_label_quality(u_label, u_conf, unlabeled["hidden_mask"], o.confidence_threshold)
-                logs.update({f"pl_{k}": v for k, v in qual.items() if not math.isnan(v)})
-            # 3. joint mixing of every map, strong view
-            u_mix, c_label_m, c_conf_m, u_label_m, u_conf_m, q_rep_m = mix_batch(
-                self.cfg.augment.mix, u, c_label, c_conf, u_label, u_conf, s["q_rep"])
-            u_strong = self.strong(u_mix)
+            logs.update(pseudo_label_logs(u_label, u_conf, unlabeled, o.confidence_threshold))
+        # 3. joint mixing of every map (S2), strong view; L_s and L_u
+        u_strong, c_label_m, c_conf_m, u_label_m, u_conf_m, q_rep_m = strong_mixed_view(
+            self, u, c_label, c_conf, u_label, u_conf, s["q_rep"])
         out_l = self.student(self.augment_labeled(labeled["image"]))
         out_u = self.student(u_strong)
-        logits_u = upsample(out_u["logits"], size)
-        unsup = unsupervised_weighted_ce if o.unsup_loss == "weighted" else unsupervised_masked_ce
-        losses = {"loss_sup": self.sup_loss(out_l["logits"], labeled["mask"]),
-                  "loss_unsup": o.unsup_weight * unsup(logits_u, u_label_m, u_conf_m, o.confidence_threshold)}
+        loss_u = unsupervised_ce(o.unsup_loss, upsample(out_u["logits"], size), u_label_m, u_conf_m,
+                                 o.confidence_threshold)
+        losses = {"loss_sup": self.sup_loss(out_l["logits"], labeled["mask"]), "loss_unsup": o.unsup_weight * loss_u}
 
         # 4. contrast inputs on the head grid; the indicator with the prototypes before the update (C3)
         grid = out_l["rep"].shape[-2:]
         y_l = downsample_labels(labeled["mask"], grid)
         y_u = downsample_labels(c_label_m, grid)
-        near = lambda m: F.interpolate(m.unsqueeze(1).float(), size=tuple(grid), mode="nearest").squeeze(1)  # noqa: E731
+        near = lambda m: nearest(m, grid)  # noqa: E731
         valid_u = (near(c_conf_m) >= o.weak_threshold) & (y_u != IGNORE_INDEX)
         if o.strategy == "mix" and o.mix_rep_filter == "paper":
             valid_u &= near(q_rep_m) >= o.weak_threshold

@@ -40,11 +40,11 @@ import torch
 
 from .. import dist
 from ..losses.prcl import prcl_loss, prototypes_from_stats, rampdown_weight, variance_regularizer
-from ..models.ema import make_teacher
 from ..models.probability import ProbabilisticNet, ProbabilityHead
-from .base import IGNORE_INDEX, check_choices, register, unwrap, upsample
-from .meanteacher import MeanTeacher, MeanTeacherOptions
-from .reco import contrast_inputs
+from .base import IGNORE_INDEX, Method, check_choices, register, unwrap, upsample
+from .meanteacher import MEAN_TEACHER_CHOICES, MeanTeacherOptions
+from .steps import (contrast_targets, pseudo_label_logs, require_unlabeled, strong_mixed_view, teacher_pseudo_labels,
+                    unsupervised_ce)
 
 
 @dataclass
@@ -71,29 +71,32 @@ class PRCLOptions(MeanTeacherOptions):
 
 
 @register("prcl")
-class PRCL(MeanTeacher):
-    """Mean teacher + PRCL; adds ``loss_contrast`` (and ``loss_var`` with ``variance_reg=custom``).
+class PRCL(Method):
+    """Mean teacher + PRCL: ``train_step`` returns ``loss_sup``, ``loss_unsup``,
+    ``loss_contrast`` (and ``loss_var`` with ``variance_reg=custom``).
 
     Diagnostics in ``train_step``'s output: ``contrast_lambda`` (lambda_c of this step),
-    ``sigma2_mean`` (mean student sigma^2 on the unlabeled strong view).
-    Raises ``ValueError`` for unknown ``contrast_schedule``, ``sigma_head_input``,
+    ``sigma2_mean`` (mean student sigma^2 on the unlabeled strong view), ``pl_*`` with hidden
+    ground truth. Raises ``ValueError`` for unknown ``contrast_schedule``, ``sigma_head_input``,
     ``variance_reg`` or ``version`` values, or a non-positive ``sigma_lr``.
     """
 
     Options = PRCLOptions
+    uses_unlabeled = True
     uses_representation = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
         o = self.opts
+        check_choices(o, MEAN_TEACHER_CHOICES)
         check_choices(o, {"contrast_schedule": ("rampdown", "constant"), "sigma_head_input": ("feat", "rep"),
                           "variance_reg": ("none", "custom"), "version": ("aaai", "ijcv_interpretation")})
         if o.sigma_lr <= 0:
             raise ValueError(f"method.sigma_lr={o.sigma_lr}: must be > 0")
         net = self.student
         cin = net.feat_channels if o.sigma_head_input == "feat" else net.rep_dim
-        self.student = ProbabilisticNet(net, ProbabilityHead(cin, net.rep_dim), o.sigma_head_input)
-        self.teacher = make_teacher(self.student)
+        self.student = ProbabilisticNet(net, ProbabilityHead(cin, net.rep_dim), o.sigma_head_input)  # (P1)
+        self.make_teacher()
         K, D = self.num_classes, net.rep_dim
         # global distribution prototypes (P10 with forgetting): accumulated precision and
         # precision-weighted means; always tracked (they are what ``prototypes()`` shows),
@@ -126,27 +129,41 @@ class PRCL(MeanTeacher):
         """``(mu_G, sigma2_G)`` (K, D) from the running statistics; NaN rows for unseen classes."""
         return prototypes_from_stats(self.gdp_precision, self.gdp_weighted)
 
-    def extra_losses(self, ctx: dict) -> dict:
-        o = self.opts
-        mu, labels, valid, prob = contrast_inputs(ctx, o.weak_threshold)
-        sigma2 = torch.cat([ctx["out_l"]["sigma2"], ctx["out_u"]["sigma2"]]).float()
+    def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
+        o, u = self.opts, require_unlabeled(self, unlabeled)["image"]
+        # 1. teacher pseudo-labels y^, confidences q on the weak view
+        _, _, pseudo, conf = teacher_pseudo_labels(self, unlabeled)
+        logs = pseudo_label_logs(pseudo, conf, unlabeled, o.confidence_threshold)
+        # 2. mix (S2), strong view
+        u_strong, pseudo_m, conf_m = strong_mixed_view(self, u, pseudo, conf)
+        # 3. student on both batches, each pixel a Gaussian N(mu = rep, sigma^2) (P1); L_s, L_u
+        out_l = self.student(self.augment_labeled(labeled["image"]))
+        out_u = self.student(u_strong)
+        loss_u = unsupervised_ce(o.unsup_loss, upsample(out_u["logits"], u.shape[-2:]), pseudo_m, conf_m,
+                                 o.confidence_threshold)
+        losses = {"loss_sup": self.sup_loss(out_l["logits"], labeled["mask"]), "loss_unsup": o.unsup_weight * loss_u}
+        # 4. the probabilistic contrast (P2-P8) on the head grid, ground truth + pseudo-labels with q >= delta_w
+        labels, valid = contrast_targets(labeled["mask"], pseudo_m, conf_m, out_l["rep"].shape[-2:], o.weak_threshold)
+        mu = torch.cat([out_l["rep"], out_u["rep"]]).float()
+        sigma2 = torch.cat([out_l["sigma2"], out_u["sigma2"]]).float()
+        prob = torch.cat([out_l["logits"], out_u["logits"]]).float().softmax(1)  # student: picks hard anchors
         ijcv = o.version == "ijcv_interpretation"
         gdp = self.global_prototypes() if ijcv and bool((self.gdp_precision > 0).any()) else None
-        loss, (prec, weighted) = prcl_loss(mu, sigma2, labels, valid, prob, self.num_classes, o.strong_threshold,
-                                           o.temperature, o.num_queries, o.num_negatives, o.literal_denominator,
-                                           reduce=dist.all_reduce_sum, global_prototypes=gdp,
-                                           virtual_negatives=o.virtual_negatives if ijcv else 0)
-        with torch.no_grad():  # (P10) with forgetting
+        loss_c, (prec, weighted) = prcl_loss(mu, sigma2, labels, valid, prob, self.num_classes, o.strong_threshold,
+                                             o.temperature, o.num_queries, o.num_negatives, o.literal_denominator,
+                                             reduce=dist.all_reduce_sum, global_prototypes=gdp,
+                                             virtual_negatives=o.virtual_negatives if ijcv else 0)
+        with torch.no_grad():  # 5. global distribution prototypes (P10) with forgetting
             self.gdp_precision.mul_(o.gdp_momentum).add_(prec)
             self.gdp_weighted.mul_(o.gdp_momentum).add_(weighted)
+        # 6. lambda_c(t) = w exp(-5 (t/T)^2) (P9); L = L_s + lambda_u L_u + lambda_c L_c
         lam = self.contrast_lambda()
-        out = {"loss_contrast": lam * loss, "contrast_lambda": lam,
-               "sigma2_mean": float(ctx["out_u"]["sigma2"].detach().float().mean())}
-        if o.variance_reg == "custom":
-            keep = valid & (labels != IGNORE_INDEX)
-            s2 = sigma2.permute(0, 2, 3, 1)[keep]
-            out["loss_var"] = o.variance_reg_weight * (variance_regularizer(s2) if s2.numel() else sigma2.sum() * 0)
-        return out
+        losses.update({"loss_contrast": lam * loss_c, "contrast_lambda": lam,
+                       "sigma2_mean": float(out_u["sigma2"].detach().float().mean())})
+        if o.variance_reg == "custom":  # [interpretation]: KL of the anchors' sigma^2 to N(0, I)
+            s2 = sigma2.permute(0, 2, 3, 1)[valid & (labels != IGNORE_INDEX)]
+            losses["loss_var"] = o.variance_reg_weight * (variance_regularizer(s2) if s2.numel() else sigma2.sum() * 0)
+        return {**losses, **logs}
 
     # -- hooks for figures and metrics ---------------------------------------------------------
     def prototypes(self) -> torch.Tensor | None:

@@ -44,7 +44,6 @@ pseudo-label precision/coverage (``pl_*``, from the normalised semantic masks).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -54,10 +53,11 @@ import torch.nn.functional as F
 from ..losses.region import (hungarian_match, mask_average_pool, matching_cost, merge_same_class, rcc_loss, rfc_loss,
                              rmc_loss,
                              set_loss, smc_loss, teacher_regions)
-from ..metrics import pseudo_label_quality
-from .base import IGNORE_INDEX, check_choices, downsample_labels, register, upsample
-from .meanteacher import MeanTeacher, MeanTeacherOptions
-from .supervised import Supervised, SupervisedOptions
+from ..losses.ramps import linear_rampup
+from .base import Method, check_choices, downsample_labels, register, upsample
+from .meanteacher import MEAN_TEACHER_CHOICES, MeanTeacherOptions
+from .steps import pseudo_label_logs, require_unlabeled, teacher_pseudo_labels
+from .supervised import SupervisedOptions
 
 
 def _check_model(cfg, name: str) -> None:
@@ -101,7 +101,7 @@ class SupervisedMaskFormerOptions(SupervisedOptions):
 
 
 @register("supervised_maskformer")
-class SupervisedMaskFormer(Supervised):
+class SupervisedMaskFormer(Method):
     """Labeled images only, MaskFormer set loss (R5) on the mask-classification head.
 
     ``train_step(labeled, unlabeled=None)`` returns ``{"loss_sup": scalar}``. Raises
@@ -148,7 +148,7 @@ class RC2LOptions(MeanTeacherOptions):
 
 
 @register("rc2l")
-class RC2L(MeanTeacher):
+class RC2L(Method):
     """Mean teacher with RC²L's four region-level losses (see the module docstring).
 
     ``train_step`` returns ``loss_sup``, ``loss_rcc``, ``loss_rmc``, ``loss_rfc``,
@@ -158,11 +158,14 @@ class RC2L(MeanTeacher):
     """
 
     Options = RC2LOptions
+    uses_unlabeled = True
     uses_representation = True
 
     def __init__(self, cfg):
         _check_model(cfg, self.name)
         super().__init__(cfg)
+        check_choices(self.opts, MEAN_TEACHER_CHOICES)
+        self.make_teacher()
         check_choices(self.opts, {"matching": ("hungarian", "index"), "teacher_mask": ("hard", "soft"),
                                   "rcc_unmatched": ("noobject", "ignore", "teacher")})
         self.projection = None
@@ -173,6 +176,7 @@ class RC2L(MeanTeacher):
             self.projection = nn.Sequential(nn.Linear(e, e), nn.ReLU(inplace=True), nn.Linear(e, 128))
 
     def param_groups(self) -> list[dict]:
+        """The base groups, with the projection MLP g (if any) in the decoder group."""
         groups = super().param_groups()
         if self.projection is not None:
             groups[1]["params"] = groups[1]["params"] + list(self.projection.parameters())
@@ -245,20 +249,13 @@ class RC2L(MeanTeacher):
         return losses
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
-        if unlabeled is None:
-            raise RuntimeError(f"method {self.name!r} needs an unlabeled batch")
-        o = self.opts
-        u = unlabeled["image"]
-        logs = {}
+        o, u = self.opts, require_unlabeled(self, unlabeled)["image"]
+        # 1. the teacher's regions come from its outputs on the weak view (per-pixel labels only for the log)
+        t_out, _, pseudo, conf = teacher_pseudo_labels(self, unlabeled)
+        logs = pseudo_label_logs(pseudo, conf, unlabeled, o.confidence_threshold)
         with torch.no_grad():
-            t_out = self.teacher_forward(u)
-            if "hidden_mask" in unlabeled:
-                confidence, pseudo = upsample(t_out["logits"].float(), u.shape[-2:]).softmax(1).max(1)
-                if "valid" in unlabeled:
-                    pseudo = pseudo.masked_fill(~unlabeled["valid"], IGNORE_INDEX)
-                q = pseudo_label_quality(pseudo, confidence, unlabeled["hidden_mask"], o.confidence_threshold)
-                logs.update({f"pl_{key}": val for key, val in q.items() if not math.isnan(val)})
-            u_strong = self.strong(u)  # photometric only: masks stay aligned (D6)
+            u_strong = self.strong(u)  # 2. photometric only, no mixing: masks stay aligned (D6)
+        # 3. student on both batches; L_sup (R5) on the labeled one
         out_l = self.student(self.augment_labeled(labeled["image"]))
         out_u = self.student(u_strong)
         grid = out_u["pred_masks"].shape[-2:]
@@ -266,10 +263,11 @@ class RC2L(MeanTeacher):
             valid = F.interpolate(unlabeled["valid"].unsqueeze(1).float(), size=tuple(grid), mode="nearest")[:, 0] > 0.5
         else:
             valid = torch.ones((u.shape[0], *grid), dtype=torch.bool, device=u.device)
+        # 4. the four region losses (R6-R9) between student and teacher regions
         region = self.region_losses(out_u, {key: (val.detach() if torch.is_tensor(val) else val)
                                             for key, val in t_out.items()}, valid)
-        ramp = min(1.0, (self.iteration + 1) / o.unsup_warmup) if o.unsup_warmup else 1.0
-        lam = o.unsup_weight * ramp
+        # 5. L = L_sup + lambda_u(t) (l_rcc L_rcc + l_rmc L_rmc + l_rfc L_rfc + l_smc L_smc)    (R10)
+        lam = o.unsup_weight * linear_rampup(self.iteration, o.unsup_warmup)
         losses = {"loss_sup": maskformer_supervised_loss(out_l, labeled["mask"], o),
                   "loss_rcc": lam * o.rcc_weight * region["rcc"], "loss_rmc": lam * o.rmc_weight * region["rmc"],
                   "loss_rfc": lam * o.rfc_weight * region["rfc"], "loss_smc": lam * o.smc_weight * region["smc"],

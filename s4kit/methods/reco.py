@@ -1,15 +1,19 @@
 """``reco``: the mean teacher plus ReCo's pixel contrast with hard anchors and sampled negatives.
 
 Source: Liu et al., "Bootstrapping Semantic Segmentation with Regional Contrast", ICLR
-2022; reference/substrate.md §5.3-5.4 (ReCo ``train_semisup.py`` with ``compute_reco_loss``).
+2022; the substrate page of the method notes (ReCo ``train_semisup.py`` with
+``compute_reco_loss``). One iteration:
 
-    L = L_s + L_u + lambda_c L_c                                                    (S10)
+1. the teacher on the weak unlabeled view: pseudo-labels y^ and confidences q;
+2. CutMix / ClassMix of u, y^, q (S2), the strong view;
+3. the student on the labeled batch and the strong view: L_s (S3), L_u (S4);
+4. the pixel contrast L_c (``s4kit.losses.contrast.reco_loss``, S5-S9) on the student
+   representations of both batches, concatenated, at the head's resolution: labels are the
+   ground truth (valid where y != 255) and the mixed pseudo-labels (valid where the mixed
+   teacher confidence q >= delta_w), nearest-downsampled. Hard anchors are pixels whose
+   *student* probability of their label is below delta_s.
 
-L_c (``s4kit.losses.contrast.reco_loss``, S5-S9) runs on the student representations of
-the labeled and the strong unlabeled images, concatenated, at the head's resolution:
-labels are the ground truth (valid where y != 255) and the mixed pseudo-labels (valid
-where the mixed teacher confidence q >= delta_w), nearest-downsampled. Hard anchors are
-pixels whose *student* probability of their label is below delta_s.
+    L = L_s + lambda_u L_u + lambda_c L_c                                           (S10)
 
 Defaults are ReCo's code: tau = 0.5, M_q = 256, M_k = 512, delta_w = 0.7,
 delta_s = delta_u = 0.97, lambda_c = 1. One deliberate change: a class with no hard
@@ -23,8 +27,11 @@ from dataclasses import dataclass
 import torch
 
 from ..losses.contrast import reco_loss
-from .base import IGNORE_INDEX, downsample_labels, register
-from .meanteacher import MeanTeacher, MeanTeacherOptions
+from ..losses.ramps import linear_rampup
+from .base import Method, check_choices, register, upsample
+from .meanteacher import MEAN_TEACHER_CHOICES, MeanTeacherOptions
+from .steps import (contrast_targets, pseudo_label_logs, require_unlabeled, strong_mixed_view, teacher_pseudo_labels,
+                    unsupervised_ce)
 
 
 @dataclass
@@ -42,36 +49,39 @@ class RecoOptions(MeanTeacherOptions):
     literal_denominator: bool = False  # ReCo-literal (S9) denominator
 
 
-def contrast_inputs(ctx: dict, weak_threshold: float):
-    """Representations, labels, validity and student probabilities on the head grid.
-
-    From the ``MeanTeacher.train_step`` context, returns ``rep`` (2B, D, h, w), ``labels``
-    int64 (2B, h, w), ``valid`` bool (2B, h, w) and ``prob`` (2B, K, h, w) with the labeled
-    batch first.
-    """
-    out_l, out_u = ctx["out_l"], ctx["out_u"]
-    size = out_l["rep"].shape[-2:]
-    y_l = downsample_labels(ctx["labeled"]["mask"], size)
-    y_u = downsample_labels(ctx["pseudo"], size)
-    conf_u = torch.nn.functional.interpolate(ctx["confidence"].unsqueeze(1), size=tuple(size), mode="nearest").squeeze(1)
-    labels = torch.cat([y_l, y_u])
-    valid = torch.cat([y_l != IGNORE_INDEX, (conf_u >= weak_threshold) & (y_u != IGNORE_INDEX)])
-    rep = torch.cat([out_l["rep"], out_u["rep"]]).float()
-    prob = torch.cat([out_l["logits"], out_u["logits"]]).float().softmax(1)
-    return rep, labels, valid, prob
-
-
 @register("reco")
-class ReCo(MeanTeacher):
-    """Mean teacher + ReCo contrast; adds ``loss_contrast`` to ``train_step``'s output."""
+class ReCo(Method):
+    """Mean teacher + ReCo contrast: ``train_step`` returns ``loss_sup``, ``loss_unsup``,
+    ``loss_contrast`` and, with hidden ground truth, ``pl_*`` (as ``meanteacher``)."""
 
     Options = RecoOptions
+    uses_unlabeled = True
     uses_representation = True
 
-    def extra_losses(self, ctx: dict) -> dict:
-        o = self.opts
-        rep, labels, valid, prob = contrast_inputs(ctx, o.weak_threshold)
-        loss = reco_loss(rep, labels, valid, prob, o.strong_threshold, o.temperature, o.num_queries,
-                         o.num_negatives, o.literal_denominator)
-        ramp = min(1.0, (self.iteration + 1) / o.contrast_warmup) if o.contrast_warmup else 1.0
-        return {"loss_contrast": o.contrast_weight * ramp * loss}
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        check_choices(self.opts, MEAN_TEACHER_CHOICES)
+        self.make_teacher()
+
+    def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
+        o, u = self.opts, require_unlabeled(self, unlabeled)["image"]
+        # 1. teacher pseudo-labels y^, confidences q on the weak view
+        _, _, pseudo, conf = teacher_pseudo_labels(self, unlabeled)
+        logs = pseudo_label_logs(pseudo, conf, unlabeled, o.confidence_threshold)
+        # 2. mix (S2), strong view
+        u_strong, pseudo_m, conf_m = strong_mixed_view(self, u, pseudo, conf)
+        # 3. student on both batches; L_s (S3) and L_u (S4)
+        out_l = self.student(self.augment_labeled(labeled["image"]))
+        out_u = self.student(u_strong)
+        loss_u = unsupervised_ce(o.unsup_loss, upsample(out_u["logits"], u.shape[-2:]), pseudo_m, conf_m,
+                                 o.confidence_threshold)
+        # 4. pixel contrast (S5-S9) on the head grid: ground truth + pseudo-labels with q >= delta_w
+        labels, valid = contrast_targets(labeled["mask"], pseudo_m, conf_m, out_l["rep"].shape[-2:], o.weak_threshold)
+        rep = torch.cat([out_l["rep"], out_u["rep"]]).float()
+        prob = torch.cat([out_l["logits"], out_u["logits"]]).float().softmax(1)  # student: picks hard anchors
+        loss_c = reco_loss(rep, labels, valid, prob, o.strong_threshold, o.temperature, o.num_queries,
+                           o.num_negatives, o.literal_denominator)
+        lam_c = o.contrast_weight * linear_rampup(self.iteration, o.contrast_warmup)
+        # (S10)
+        return {"loss_sup": self.sup_loss(out_l["logits"], labeled["mask"]), "loss_unsup": o.unsup_weight * loss_u,
+                "loss_contrast": lam_c * loss_c, **logs}

@@ -67,7 +67,7 @@ def test_unlabeled_padding_carries_no_pseudo_label(digits_root, tmp_path, monkey
         captured.update(pseudo=pseudo, confidence=confidence)
         return real(kind, logits_u, pseudo, confidence, threshold)
 
-    monkeypatch.setattr("s4kit.methods.meanteacher.unsupervised_ce", spy)
+    monkeypatch.setattr("s4kit.methods.steps.unsupervised_ce", spy)
     labeled, unlabeled = _batches(cfg, method)
     unlabeled["valid"][:, :4] = False  # pretend the top rows were padding
     method.train_step(labeled, unlabeled)

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import Method, check_choices, register, upsample
-from .steps import pseudo_label_logs, require_unlabeled, strong_mixed_view, teacher_pseudo_labels, unsupervised_ce
+from .base import Method, check_choices, register
+from .steps import mean_teacher_step
 from .supervised import SupervisedOptions
 
 
@@ -64,17 +64,6 @@ class MeanTeacher(Method):
         self.make_teacher()
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
-        o, u = self.opts, require_unlabeled(self, unlabeled)["image"]
-        # 1. teacher pseudo-labels y^, confidences q on the weak view
-        _, _, pseudo, conf = teacher_pseudo_labels(self, unlabeled)
-        logs = pseudo_label_logs(pseudo, conf, unlabeled, o.confidence_threshold)
-        # 2. mix (S2), strong view
-        u_strong, pseudo_m, conf_m = strong_mixed_view(self, u, pseudo, conf)
-        # 3. student on both batches; L_s (S3) and L_u (S4)
-        out_l = self.student(self.augment_labeled(labeled["image"]))
-        out_u = self.student(u_strong)
-        loss_u = unsupervised_ce(o.unsup_loss, upsample(out_u["logits"], u.shape[-2:]), pseudo_m, conf_m,
-                                 o.confidence_threshold)
-        # (S10)
-        return {"loss_sup": self.sup_loss(out_l["logits"], labeled["mask"]), "loss_unsup": o.unsup_weight * loss_u,
-                **logs}
+        # 1. teacher pseudo-labels on the weak view; 2. mixed strong view; 3. L_s and lambda_u L_u
+        step = mean_teacher_step(self, labeled, unlabeled)
+        return {**step.losses, **step.logs}  # L = L_s + lambda_u L_u  (S10)

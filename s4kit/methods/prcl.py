@@ -43,8 +43,7 @@ from ..losses.prcl import prcl_loss, prototypes_from_stats, rampdown_weight, var
 from ..models.probability import ProbabilisticNet, ProbabilityHead
 from .base import IGNORE_INDEX, Method, check_choices, register, unwrap, upsample
 from .meanteacher import MEAN_TEACHER_CHOICES, MeanTeacherOptions
-from .steps import (contrast_targets, pseudo_label_logs, require_unlabeled, strong_mixed_view, teacher_pseudo_labels,
-                    unsupervised_ce)
+from .steps import contrast_targets, mean_teacher_step
 
 
 @dataclass
@@ -130,20 +129,14 @@ class PRCL(Method):
         return prototypes_from_stats(self.gdp_precision, self.gdp_weighted)
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
-        o, u = self.opts, require_unlabeled(self, unlabeled)["image"]
-        # 1. teacher pseudo-labels y^, confidences q on the weak view
-        _, _, pseudo, conf = teacher_pseudo_labels(self, unlabeled)
-        logs = pseudo_label_logs(pseudo, conf, unlabeled, o.confidence_threshold)
-        # 2. mix (S2), strong view
-        u_strong, pseudo_m, conf_m = strong_mixed_view(self, u, pseudo, conf)
-        # 3. student on both batches, each pixel a Gaussian N(mu = rep, sigma^2) (P1); L_s, L_u
-        out_l = self.student(self.augment_labeled(labeled["image"]))
-        out_u = self.student(u_strong)
-        loss_u = unsupervised_ce(o.unsup_loss, upsample(out_u["logits"], u.shape[-2:]), pseudo_m, conf_m,
-                                 o.confidence_threshold)
-        losses = {"loss_sup": self.sup_loss(out_l["logits"], labeled["mask"]), "loss_unsup": o.unsup_weight * loss_u}
+        o = self.opts
+        # 1-3. the mean teacher: pseudo-labels on the weak view, mixed strong view, L_s and lambda_u L_u (S1-S4);
+        # the student's outputs carry every pixel as a Gaussian N(mu = rep, sigma^2) (P1)
+        step = mean_teacher_step(self, labeled, unlabeled)
+        out_l, out_u, losses = step.out_l, step.out_u, step.losses
         # 4. the probabilistic contrast (P2-P8) on the head grid, ground truth + pseudo-labels with q >= delta_w
-        labels, valid = contrast_targets(labeled["mask"], pseudo_m, conf_m, out_l["rep"].shape[-2:], o.weak_threshold)
+        labels, valid = contrast_targets(labeled["mask"], step.pseudo, step.confidence, out_l["rep"].shape[-2:],
+                                         o.weak_threshold)
         mu = torch.cat([out_l["rep"], out_u["rep"]]).float()
         sigma2 = torch.cat([out_l["sigma2"], out_u["sigma2"]]).float()
         prob = torch.cat([out_l["logits"], out_u["logits"]]).float().softmax(1)  # student: picks hard anchors
@@ -163,7 +156,7 @@ class PRCL(Method):
         if o.variance_reg == "custom":  # [interpretation]: KL of the anchors' sigma^2 to N(0, I)
             s2 = sigma2.permute(0, 2, 3, 1)[valid & (labels != IGNORE_INDEX)]
             losses["loss_var"] = o.variance_reg_weight * (variance_regularizer(s2) if s2.numel() else sigma2.sum() * 0)
-        return {**losses, **logs}
+        return {**losses, **step.logs}
 
     # -- hooks for figures and metrics ---------------------------------------------------------
     def prototypes(self) -> torch.Tensor | None:

@@ -28,10 +28,9 @@ import torch
 
 from ..losses.contrast import reco_loss
 from ..losses.ramps import linear_rampup
-from .base import Method, check_choices, register, upsample
+from .base import Method, check_choices, register
 from .meanteacher import MEAN_TEACHER_CHOICES, MeanTeacherOptions
-from .steps import (contrast_targets, pseudo_label_logs, require_unlabeled, strong_mixed_view, teacher_pseudo_labels,
-                    unsupervised_ce)
+from .steps import contrast_targets, mean_teacher_step
 
 
 @dataclass
@@ -64,24 +63,16 @@ class ReCo(Method):
         self.make_teacher()
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:
-        o, u = self.opts, require_unlabeled(self, unlabeled)["image"]
-        # 1. teacher pseudo-labels y^, confidences q on the weak view
-        _, _, pseudo, conf = teacher_pseudo_labels(self, unlabeled)
-        logs = pseudo_label_logs(pseudo, conf, unlabeled, o.confidence_threshold)
-        # 2. mix (S2), strong view
-        u_strong, pseudo_m, conf_m = strong_mixed_view(self, u, pseudo, conf)
-        # 3. student on both batches; L_s (S3) and L_u (S4)
-        out_l = self.student(self.augment_labeled(labeled["image"]))
-        out_u = self.student(u_strong)
-        loss_u = unsupervised_ce(o.unsup_loss, upsample(out_u["logits"], u.shape[-2:]), pseudo_m, conf_m,
-                                 o.confidence_threshold)
+        o = self.opts
+        # 1-3. the mean teacher: pseudo-labels on the weak view, mixed strong view, L_s and lambda_u L_u (S1-S4)
+        step = mean_teacher_step(self, labeled, unlabeled)
+        out_l, out_u = step.out_l, step.out_u
         # 4. pixel contrast (S5-S9) on the head grid: ground truth + pseudo-labels with q >= delta_w
-        labels, valid = contrast_targets(labeled["mask"], pseudo_m, conf_m, out_l["rep"].shape[-2:], o.weak_threshold)
+        labels, valid = contrast_targets(labeled["mask"], step.pseudo, step.confidence, out_l["rep"].shape[-2:],
+                                         o.weak_threshold)
         rep = torch.cat([out_l["rep"], out_u["rep"]]).float()
         prob = torch.cat([out_l["logits"], out_u["logits"]]).float().softmax(1)  # student: picks hard anchors
         loss_c = reco_loss(rep, labels, valid, prob, o.strong_threshold, o.temperature, o.num_queries,
                            o.num_negatives, o.literal_denominator)
         lam_c = o.contrast_weight * linear_rampup(self.iteration, o.contrast_warmup)
-        # (S10)
-        return {"loss_sup": self.sup_loss(out_l["logits"], labeled["mask"]), "loss_unsup": o.unsup_weight * loss_u,
-                "loss_contrast": lam_c * loss_c, **logs}
+        return {**step.losses, "loss_contrast": lam_c * loss_c, **step.logs}  # (S10)

@@ -10,7 +10,9 @@ reads top to bottom like its paper's method section.
 * ``unsupervised_ce``: L_u on the strong view (S4: ReCo's per-image weight, or UniMatch's
   per-pixel mask);
 * ``contrast_targets``: labels and validity of the labeled + unlabeled pixels on the head
-  grid for a pixel contrast (ground truth; pseudo-labels with q >= delta_w).
+  grid for a pixel contrast (ground truth; pseudo-labels with q >= delta_w);
+* ``mean_teacher_step``: the first three together, the mean teacher's iteration (S1-S4)
+  on which ReCo and PRCL add their contrast.
 
 The loss-weight schedules (ramps, in iterations) are in ``s4kit.losses.ramps``.
 
@@ -19,6 +21,7 @@ Substrate equations (S1-S11) are on the substrate page of the method notes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -102,3 +105,39 @@ def contrast_targets(mask_l: torch.Tensor, pseudo_u: torch.Tensor, confidence_u:
     y_u = downsample_labels(pseudo_u, size)
     valid_u = (nearest(confidence_u, size) >= weak_threshold) & (y_u != IGNORE_INDEX)
     return torch.cat([y_l, y_u]), torch.cat([y_l != IGNORE_INDEX, valid_u])
+
+
+@dataclass
+class MeanTeacherStep:
+    """What ``mean_teacher_step`` computed: student outputs on the labeled batch (``out_l``) and
+    the strong view (``out_u``), the mixed pseudo-labels int64 (B, H, W) and confidences,
+    ``losses`` {``loss_sup``: L_s, ``loss_unsup``: lambda_u L_u} and the pseudo-label ``logs``."""
+
+    out_l: dict
+    out_u: dict
+    pseudo: torch.Tensor
+    confidence: torch.Tensor
+    losses: dict
+    logs: dict
+
+
+def mean_teacher_step(method, labeled: dict, unlabeled: dict | None) -> MeanTeacherStep:
+    """The mean-teacher part of an iteration (S1-S4), shared by ``meanteacher``, ``reco`` and ``prcl``:
+
+    1. the teacher on the weak view u: pseudo-labels y^ and confidences q (padding cleared);
+    2. CutMix / ClassMix of u, y^, q (S2), then the strong view;
+    3. the student on the labeled batch and on the strong view: L_s (S3), lambda_u L_u (S4).
+
+    Options read: ``confidence_threshold`` (delta_u), ``unsup_loss``, ``unsup_weight``.
+    Raises ``RuntimeError`` without an unlabeled batch.
+    """
+    o, u = method.opts, require_unlabeled(method, unlabeled)["image"]
+    _, _, pseudo, conf = teacher_pseudo_labels(method, unlabeled)  # 1.
+    logs = pseudo_label_logs(pseudo, conf, unlabeled, o.confidence_threshold)
+    u_strong, pseudo_m, conf_m = strong_mixed_view(method, u, pseudo, conf)  # 2.
+    out_l = method.student(method.augment_labeled(labeled["image"]))  # 3.
+    out_u = method.student(u_strong)
+    loss_u = unsupervised_ce(o.unsup_loss, upsample(out_u["logits"], u.shape[-2:]), pseudo_m, conf_m,
+                             o.confidence_threshold)
+    losses = {"loss_sup": method.sup_loss(out_l["logits"], labeled["mask"]), "loss_unsup": o.unsup_weight * loss_u}
+    return MeanTeacherStep(out_l, out_u, pseudo_m, conf_m, losses, logs)

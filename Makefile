@@ -7,7 +7,7 @@ DEMO   ?= runs/demo
 DATA   ?= data/digits
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo table benchmark clean-demo
+.PHONY: install test demo table benchmark mutants clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ table: $(STAMP)
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/step_cost.py
 	$(BIN)/python benchmarks/tsne_cost.py
+
+# Named mutations of s4kit, one at a time in a temporary copy: which do the fast tests kill?
+mutants: $(STAMP)
+	$(BIN)/python benchmarks/mutants.py
 
 clean-demo:
 	rm -rf $(DEMO)

@@ -134,7 +134,7 @@ def test_loss_is_log_of_key_count_when_all_scores_are_equal():
     assert loss.item() == pytest.approx(math.log(21), rel=1e-5)
 
 
-def test_loss_gradient_reaches_only_anchors_and_both_heads():
+def test_loss_gradient_reaches_both_heads_and_degenerate_cases_are_connected_zeros():
     torch.manual_seed(5)
     mu, s2, labels, valid, prob = _toy()
     loss, (prec, weighted) = prcl_loss(mu, s2, labels, valid, prob, 3, num_queries=8, num_negatives=16)

@@ -40,44 +40,45 @@ class Mutation:
     k: str | None = None  # pytest -k expression, or None for the whole files
 
 
-MT, RECO, PRCL_M, CSS_M = "s4kit/methods/meanteacher.py", "s4kit/methods/reco.py", "s4kit/methods/prcl.py", "s4kit/methods/css.py"
+STEPS, RECO, PRCL_M, CSS_M = "s4kit/methods/steps.py", "s4kit/methods/reco.py", "s4kit/methods/prcl.py", "s4kit/methods/css.py"
 CONTRAST, PRCL_L = "s4kit/losses/contrast.py", "s4kit/losses/prcl.py"
 W = "test_wiring.py"
 
 MUTATIONS = [
     # -- the four of issue 13 ---------------------------------------------------------------------
     Mutation("PRCL positive key from the wrong class", PRCL_L,
-             "k_mu = torch.cat([proto_mu[i].expand(", "k_mu = torch.cat([proto_mu[(i + 1) % len(classes)].expand(",
+             "torch.cat([proto_mu, proto_s2], 1)", "torch.cat([proto_mu.roll(1, 0), proto_s2.roll(1, 0)], 1)",
              (W, "test_prcl.py"), "prcl or loss"),
-    Mutation("student fed the weak view instead of the strong mixed one", MT,
-             "out_u = self.student(u_strong)", "out_u = self.student(u)",
+    Mutation("student fed the weak view instead of the strong mixed one", STEPS,
+             "out_u = method.student(u_strong)", "out_u = method.student(u)",
              (W, "test_methods.py"), "sees or one_training_step or padding"),
-    Mutation("ReCo contrast ignores delta_w", RECO,
-             "(conf_u >= weak_threshold) & (y_u != IGNORE_INDEX)", "(y_u != IGNORE_INDEX)",
+    Mutation("ReCo contrast ignores delta_w", STEPS,
+             "valid_u = (nearest(confidence_u, size) >= weak_threshold) & (y_u != IGNORE_INDEX)",
+             "valid_u = (y_u != IGNORE_INDEX)",
              (W, "test_methods.py", "test_losses.py"), "delta_w or reco or one_training_step"),
-    Mutation("lambda_u ignored in the mean teacher", MT,
-             '"loss_unsup": self.opts.unsup_weight * loss_u', '"loss_unsup": loss_u',
+    Mutation("lambda_u ignored in the mean teacher", STEPS,
+             '"loss_unsup": o.unsup_weight * loss_u', '"loss_unsup": loss_u',
              (W, "test_methods.py"), "lambda_u or unsup or one_training_step"),
     # -- views and pseudo-labels -------------------------------------------------------------------
-    Mutation("strong view of the unmixed image (mix dropped)", MT,
-             "u_strong = self.strong(u_mix)", "u_strong = self.strong(u)",
+    Mutation("strong view of the unmixed image (mix dropped)", STEPS,
+             "return (method.strong(u_mix), *mixed)", "return (method.strong(u), *mixed)",
              (W, "test_methods.py", "test_mixing_transforms.py"), "sees or one_training_step or mix"),
-    Mutation("pseudo-labels from the student instead of the teacher", MT,
-             "t_out = self.teacher_forward(u)", "t_out = self.student(u)",
+    Mutation("pseudo-labels from the student instead of the teacher", STEPS,
+             "out = method.teacher_forward(u)", "out = method.student(u)",
              (W, "test_methods.py"), "sees or one_training_step or padding"),
     Mutation("CSS lambda_u ignored", CSS_M,
-             '"loss_unsup": o.unsup_weight * unsup(', '"loss_unsup": unsup(',
+             '"loss_unsup": o.unsup_weight * loss_u}', '"loss_unsup": loss_u}',
              (W, "test_css.py"), "lambda_u or css or mix or cross"),
     Mutation("RC2L lambda_u ignored", "s4kit/methods/rc2l.py",
-             "lam = o.unsup_weight * ramp", "lam = ramp", (W, "test_rc2l.py"), "lambda_u or rc2l"),
+             "lam = o.unsup_weight * linear_rampup(", "lam = 1.0 * linear_rampup(", (W, "test_rc2l.py"), "lambda_u or rc2l"),
     Mutation("AllSpark lambda_u ignored", "s4kit/methods/allspark.py",
              "(o.unsup_weight if unsup_on else 0.0) * loss_u", "(1.0 if unsup_on else 0.0) * loss_u",
              (W, "test_allspark.py"), "lambda_u or allspark"),
     Mutation("ReCo contrast weight lambda_c ignored", RECO,
-             '{"loss_contrast": o.contrast_weight * ramp * loss}', '{"loss_contrast": ramp * loss}',
+             "lam_c = o.contrast_weight * linear_rampup(", "lam_c = linear_rampup(",
              (W, "test_methods.py"), "contrast or reco or one_training_step"),
     Mutation("ReCo delta_w replaced by delta_u", RECO,
-             "contrast_inputs(ctx, o.weak_threshold)", "contrast_inputs(ctx, o.confidence_threshold)",
+             "o.weak_threshold)", "o.confidence_threshold)",
              (W, "test_methods.py"), "delta_w or reco or one_training_step"),
     # -- the mean teacher --------------------------------------------------------------------------
     Mutation("EMA: alpha ignored (d_k = k/(k+1) for ever)", "s4kit/models/ema.py",
@@ -91,7 +92,8 @@ MUTATIONS = [
              "prototypes[i], proto_sim[i]", "prototypes[(i + 1) % len(classes)], proto_sim[i]",
              (W, "test_losses.py", "test_css.py"), "reco or contrast or anchor"),
     Mutation("ReCo temperature ignored", CONTRAST,
-             "keys, dim=-1) / temperature", "keys, dim=-1)",
+             "logits = similarity(anchors.unsqueeze(1), keys) / temperature",
+             "logits = similarity(anchors.unsqueeze(1), keys)",
              (W, "test_losses.py", "test_css.py"), "reco or contrast or anchor"),
     Mutation("hard anchors taken from the easy pixels", CONTRAST,
              "(labels == c) & (own_score < strong_threshold)", "(labels == c) & (own_score >= strong_threshold)",
@@ -104,8 +106,8 @@ MUTATIONS = [
              "others = torch.arange(len(classes)).to(reps.device)",
              (W, "test_losses.py", "test_css.py"), "reco or contrast or anchor"),
     Mutation("PRCL temperature ignored", PRCL_L,
-             "logits = mls(a_mu[:, None], a_s2[:, None], k_mu, k_s2) / temperature",
-             "logits = mls(a_mu[:, None], a_s2[:, None], k_mu, k_s2)",
+             "strong_threshold, temperature, num_queries, num_negatives, literal_denominator,\n",
+             "strong_threshold, 1.0, num_queries, num_negatives, literal_denominator,\n",
              (W, "test_prcl.py"), "prcl or loss"),
     # -- the unsupervised CE ---------------------------------------------------------------------------
     Mutation("masked L_u ignores the confidence threshold delta_u", "s4kit/losses/ce.py",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = 255
+from .labels import IGNORE_INDEX
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -26,8 +26,8 @@ from PIL import Image
 
 from ..errors import S4kitError
 from .splits import check_files_exist, read_split_file
+from ..labels import CLASS_NAMES, IGNORE_INDEX  # noqa: F401  (CLASS_NAMES re-exported)
 
-IGNORE_INDEX = 255
 
 # Cityscapes labelIds (0..33, cityscapesScripts ``labels.py``) -> train ids (0..18, 255 = void).
 _CITY_TRAIN = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
@@ -36,17 +36,6 @@ CITYSCAPES_LABEL_TO_TRAIN = np.full(256, -1, np.int64)  # -1: not a valid labelI
 CITYSCAPES_LABEL_TO_TRAIN[:34] = IGNORE_INDEX
 for _label_id, _train_id in _CITY_TRAIN.items():
     CITYSCAPES_LABEL_TO_TRAIN[_label_id] = _train_id
-
-CLASS_NAMES = {
-    "digits": ("background",) + tuple(str(d) for d in range(10)),
-    "pascal": ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-               "tvmonitor"),
-    "cityscapes": ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-                   "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-                   "bicycle"),
-}
-
 
 class DataError(S4kitError, ValueError):
     """An image or label file is unreadable or holds invalid values (the message names it)."""

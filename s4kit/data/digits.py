@@ -37,10 +37,10 @@ from PIL import Image
 
 from .datasets import DataError
 from .palette import voc_palette
+from ..labels import CLASS_NAMES as _NAMES, IGNORE_INDEX
 
-CLASS_NAMES = ("background",) + tuple(str(d) for d in range(10))
+CLASS_NAMES = _NAMES["digits"]
 NUM_CLASSES = 11
-IGNORE_INDEX = 255
 SPLITS = {"1_32": 32, "1_16": 16, "1_8": 8, "1_4": 4, "full": 1}
 
 

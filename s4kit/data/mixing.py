@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = 255
+from ..labels import IGNORE_INDEX
 
 
 def cutmix_masks(batch: int, height: int, width: int, device=None) -> torch.Tensor:

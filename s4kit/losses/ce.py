@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from ..labels import IGNORE_INDEX
 
 
 def supervised_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

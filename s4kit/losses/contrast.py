@@ -22,7 +22,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
+from ..labels import IGNORE_INDEX
+
 
 # s(a, b): float (..., E) x (..., E) -> (...), broadcasting; cosine for ReCo and CSS, MLS for PRCL
 Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -25,9 +25,8 @@ import torch.nn.functional as F
 
 from .ramps import gaussian_rampdown
 
+from ..labels import IGNORE_INDEX
 from .contrast import flatten_pixels, hard_anchor_contrast, own_class_scores
-
-IGNORE_INDEX = 255
 
 
 def class_sums(reps: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

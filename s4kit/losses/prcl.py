@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from .contrast import flatten_pixels, hard_anchor_contrast, own_class_scores
 from .ramps import gaussian_rampdown
 
-IGNORE_INDEX = 255
 
 
 # -- (P2) the mutual likelihood score -----------------------------------------------------

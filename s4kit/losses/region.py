@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-IGNORE_INDEX = 255
+from ..labels import IGNORE_INDEX
+
 EPS = 1e-6
 
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from ..models import build_model
 from ..models.ema import ema_update, make_teacher
+from ..labels import IGNORE_INDEX  # noqa: F401  (re-exported to the methods)
 
-IGNORE_INDEX = 255
 _REGISTRY: dict[str, type["Method"]] = {}
 
 

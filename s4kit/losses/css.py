@@ -23,10 +23,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .ramps import gaussian_rampdown
-
 from ..labels import IGNORE_INDEX
 from .contrast import flatten_pixels, hard_anchor_contrast, own_class_scores
+from .ramps import gaussian_rampdown
 
 
 def class_sums(reps: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:

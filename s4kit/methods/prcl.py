@@ -82,6 +82,7 @@ class PRCL(MeanTeacher):
 
     Options = PRCLOptions
     uses_representation = True
+    find_unused_parameters = False
 
     def __init__(self, cfg):
         super().__init__(cfg)

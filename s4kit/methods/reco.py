@@ -67,6 +67,7 @@ class ReCo(MeanTeacher):
 
     Options = RecoOptions
     uses_representation = True
+    find_unused_parameters = False
 
     def extra_losses(self, ctx: dict) -> dict:
         o = self.opts

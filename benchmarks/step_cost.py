@@ -163,14 +163,14 @@ class Step:
     """One trainer iteration of a freshly built method on fixed batches (s4kit.engine.trainer.train)."""
 
     def __init__(self, cfg, device: torch.device, labeled: dict, unlabeled: dict, iteration: int):
-        from s4kit.engine.trainer import build_optimizer
+        from s4kit.engine.trainer import build_optimizer, checked_param_groups
         from s4kit.methods import build_method
 
         torch.manual_seed(cfg.train.seed)
         self.method = build_method(cfg).to(device)
         if device.type == "cuda" and cfg.train.channels_last:
             self.method.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(cfg, self.method.param_groups())
+        self.optimizer = build_optimizer(cfg, checked_param_groups(self.method))
         self.cfg, self.device = cfg, device
         self.labeled, self.unlabeled = labeled, unlabeled if self.method.uses_unlabeled else None
         self.amp = device.type == "cuda" and cfg.train.amp
@@ -180,13 +180,14 @@ class Step:
         self.method.train()
 
     def __call__(self) -> None:
+        from s4kit.engine.trainer import clip_gradients
+
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             out = self.method.train_step(self.labeled, self.unlabeled)
         total = sum(v.float() for k, v in out.items() if k.startswith("loss"))
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        if self.cfg.optim.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.method.student.parameters(), self.cfg.optim.grad_clip)
+        clip_gradients(self.method, self.cfg.optim.grad_clip)
         self.optimizer.step()
         self.method.after_step(self.iteration)
         if self.device.type == "cuda":

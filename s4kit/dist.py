@@ -86,3 +86,24 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """DDP's gradient average, for parameters DDP does not wrap, in one all-reduce.
+
+    After it every rank holds the same ``p.grad``: the mean over ranks of the local gradients,
+    a rank that left ``p.grad`` None (the head unused on its batch) counting as zeros; where no
+    rank has a gradient ``p.grad`` stays None, as in a single process, so the optimiser skips
+    ``p`` (no weight decay or momentum step) on every rank alike. The parameters must share one
+    dtype and device, and every rank must call it with the same list (it is a collective). The
+    identity outside a process group.
+    """
+    if not is_distributed() or not params:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    used = torch.tensor([float(p.grad is not None) for p in params], dtype=params[0].dtype, device=params[0].device)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [used])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    chunks = flat[:-len(params)].split([p.numel() for p in params])
+    for p, g, n in zip(params, chunks, flat[-len(params):].tolist()):
+        p.grad = (g / world_size()).view_as(p).clone() if n > 0 else None

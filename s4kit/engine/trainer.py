@@ -359,6 +359,52 @@ def build_checked(cfg):
         raise ConfigError(_first_line(exc)) from None
 
 
+def wrap_distributed(method, device: torch.device, sync_bn: bool) -> None:
+    """Prepare ``method.trainable`` for DDP, in place: SyncBN in every part (CUDA and
+    ``sync_bn``), then the student wrapped in ``DistributedDataParallel``
+    (``method.find_unused_parameters``).
+
+    Only the student goes into DDP: it runs on every rank in every step. An extra head (rc2l's
+    projection) runs a data-dependent number of times, not at all on a rank whose batch yields no
+    region, which DDP cannot follow: a module called outside a DDP forward is never all-reduced,
+    and one inside DDP raises "Expected to have finished reduction in the prior iteration" (or,
+    with unused-parameter search, "marked as ready twice") when a rank skips it. The trainer
+    averages the extra heads' gradients after backward instead (``dist.average_gradients``).
+    """
+    for name, part in method.trainable.items():
+        if device.type == "cuda" and sync_bn:
+            setattr(method, name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(part))
+    method.student = torch.nn.parallel.DistributedDataParallel(
+        method.student, device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False, find_unused_parameters=method.find_unused_parameters)
+
+
+def checked_param_groups(method) -> list[dict]:
+    """``method.param_groups()``, checked to hold every parameter of ``method.trainable`` that
+    requires gradients exactly once.
+
+    Raises:
+        RuntimeError: a method bug: a trainable parameter missing from, or repeated in, the groups
+            (the message names up to three, e.g. ``projection.0.weight``).
+    """
+    groups = method.param_groups()
+    seen = [id(p) for g in groups for p in g["params"]]
+    names = {id(p): n for n, p in method.trainable.named_parameters() if p.requires_grad}
+    missing = [n for i, n in names.items() if i not in seen]
+    repeated = [names.get(i, "?") for i in set(seen) if seen.count(i) > 1]
+    if missing or repeated:
+        raise RuntimeError(f"method {method.name!r}: param_groups() leaves out {missing[:3]} and repeats "
+                           f"{repeated[:3]} of its trainable parameters")
+    return groups
+
+
+def clip_gradients(method, max_norm: float) -> None:
+    """Scale the gradients of every ``method.trainable`` parameter (student and extra heads) so
+    their joint L2 norm is at most ``max_norm``; nothing when ``max_norm`` is 0."""
+    if max_norm:
+        torch.nn.utils.clip_grad_norm_(method.trainable.parameters(), max_norm)
+
+
 def train(cfg, progress: bool = True) -> dict:
     """Train ``cfg.method.name`` as configured and return the final metrics (also in metrics.json).
 
@@ -398,13 +444,10 @@ def _train(cfg, method, device: torch.device, progress: bool) -> dict:
     if channels_last:
         method.to(memory_format=torch.channels_last)
     if world > 1:
-        if device.type == "cuda" and cfg.model.sync_bn:
-            method.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.student)
-        method.student = torch.nn.parallel.DistributedDataParallel(
-            method.student, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=not method.uses_representation)
-        dist.broadcast_state(method)  # the teacher (built before the wrap) and buffers start as rank 0's
-    optimizer = build_optimizer(cfg, method.param_groups())
+        wrap_distributed(method, device, cfg.model.sync_bn)
+        dist.broadcast_state(method)  # the teacher, extra heads and buffers start as rank 0's
+    extras = method.extra_parameters()  # gradients averaged after backward (see wrap_distributed)
+    optimizer = build_optimizer(cfg, checked_param_groups(method))
 
     start, best, train_seconds = 0, {"miou": -1.0, "iter": 0}, 0.0
     window: dict[str, list[float]] = {}
@@ -452,9 +495,9 @@ def _train(cfg, method, device: torch.device, progress: bool) -> dict:
             raise NonFiniteLossError(f"iteration {t}: non-finite loss {bad} in run {run_dir} "
                                      f"({_healthy(ckpt_path, saved_step)})")
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if o.grad_clip:
-            torch.nn.utils.clip_grad_norm_(method.student.parameters(), o.grad_clip)
+        total.backward()  # DDP averages the student's gradients on the way
+        dist.average_gradients(extras)
+        clip_gradients(method, o.grad_clip)
         optimizer.step()
         method.after_step(t)
         for k, v in out.items():

@@ -12,6 +12,10 @@ knows only this interface (DESIGN.md "Methods"):
 * ``iteration`` / ``total_iters``: set by the trainer before each ``train_step`` (0-based
   iteration, also right after a resume), for loss-weight schedules.
 * ``param_groups()``: optimiser parameter groups (the trainer sets their learning rates).
+* ``trainable``: every trained part (the student and any extra head such as rc2l's projection)
+  in one module; DDP, SyncBN, gradient clipping and the optimiser see exactly these parameters.
+* ``find_unused_parameters``: DDP's flag for the student (True when some student parameter
+  may get no gradient in a step).
 
 Batches are dicts: ``image`` float (B, 3, H, W) normalised, ``mask`` int64 (B, H, W) with
 255 = ignore (labeled only), ``id`` list of str; unlabeled batches of datasets with hidden
@@ -110,16 +114,20 @@ class Method(nn.Module):
 
     Attributes:
         student: the trained network (wrapped in DDP by the trainer when distributed).
-        teacher: ``None`` here; semi-supervised subclasses set an EMA copy.
+        teacher: ``None`` here; semi-supervised subclasses set an EMA copy (no gradients).
         uses_unlabeled: whether ``train_step`` needs an unlabeled batch.
-        uses_representation: whether a loss trains the representation head; if not, DDP
-            must allow unused parameters and figures show the decoder feature instead.
+        uses_representation: whether a loss trains the representation head; if not, figures
+            show the decoder feature instead.
+        find_unused_parameters: DDP's flag for the student: True (the safe default) when some
+            student parameter may get no gradient in a step (the representation head of a
+            method without a representation loss); False, which is faster, when every one does.
     """
 
     name = "base"
     Options = MethodOptions
     uses_unlabeled = False
     uses_representation = False
+    find_unused_parameters = True
 
     @property
     def representation_key(self) -> str:
@@ -178,11 +186,32 @@ class Method(nn.Module):
             return ohem_ce(logits, labels, self.opts.ohem_thresh, self.opts.ohem_min_kept)
         return supervised_ce(logits, labels)
 
+    @property
+    def trainable(self) -> nn.ModuleDict:
+        """Every trained part of the method, by attribute name: ``student`` first, then each other
+        child module holding a parameter with ``requires_grad`` (rc2l's ``projection`` with
+        ``projection=true``); the EMA teacher has none and is left out.
+
+        A new container over the same modules on every call, never registered on the method,
+        so checkpoint keys stay ``student.*``, ``projection.*``. The trainer wraps its parts
+        for DDP and SyncBN, clips and (through ``param_groups``) optimises its parameters.
+        """
+        return nn.ModuleDict({name: m for name, m in self.named_children()
+                              if name == "student" or any(p.requires_grad for p in m.parameters())})
+
+    def extra_parameters(self) -> list[nn.Parameter]:
+        """Parameters of ``trainable`` outside the student that require gradients (extra heads),
+        in registration order; ``[]`` for most methods."""
+        own = {id(p) for p in self.student.parameters()}
+        return [p for p in self.trainable.parameters() if p.requires_grad and id(p) not in own]
+
     def param_groups(self) -> list[dict]:
-        """Two groups: the encoder (``lr_mult`` 1) and the rest (``lr_mult`` = optim.head_lr_mult)."""
+        """Two groups: the encoder (``lr_mult`` 1) and the rest of the student plus every extra
+        head of ``trainable`` (``lr_mult`` = optim.head_lr_mult)."""
         net = unwrap(self.student)
         enc = [p for n, p in net.named_parameters() if n.startswith("encoder.") and p.requires_grad]
         rest = [p for n, p in net.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+        rest += self.extra_parameters()
         return [{"params": enc, "lr_mult": 1.0, "name": "encoder"},
                 {"params": rest, "lr_mult": float(self.cfg.optim.head_lr_mult), "name": "decoder"}]
 

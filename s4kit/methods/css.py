@@ -107,6 +107,7 @@ class CSS(Method):
     Options = CSSOptions
     uses_unlabeled = True
     uses_representation = True
+    find_unused_parameters = False
 
     def __init__(self, cfg):
         super().__init__(cfg)

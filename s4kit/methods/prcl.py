@@ -83,6 +83,7 @@ class PRCL(Method):
     Options = PRCLOptions
     uses_unlabeled = True
     uses_representation = True
+    find_unused_parameters = False
 
     def __init__(self, cfg):
         super().__init__(cfg)

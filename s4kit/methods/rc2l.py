@@ -160,6 +160,7 @@ class RC2L(Method):
     Options = RC2LOptions
     uses_unlabeled = True
     uses_representation = True
+    find_unused_parameters = False
 
     def __init__(self, cfg):
         _check_model(cfg, self.name)
@@ -174,13 +175,6 @@ class RC2L(Method):
             # g is trained with the student; the teacher side uses the same g under no_grad
             # (an EMA copy g_t would be the alternative; s4kit keeps one g for simplicity)
             self.projection = nn.Sequential(nn.Linear(e, e), nn.ReLU(inplace=True), nn.Linear(e, 128))
-
-    def param_groups(self) -> list[dict]:
-        """The base groups, with the projection MLP g (if any) in the decoder group."""
-        groups = super().param_groups()
-        if self.projection is not None:
-            groups[1]["params"] = groups[1]["params"] + list(self.projection.parameters())
-        return groups
 
     def project(self, r: torch.Tensor) -> torch.Tensor:
         """g(r) if the projection MLP is enabled, else r."""

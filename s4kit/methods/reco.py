@@ -56,6 +56,7 @@ class ReCo(Method):
     Options = RecoOptions
     uses_unlabeled = True
     uses_representation = True
+    find_unused_parameters = False
 
     def __init__(self, cfg):
         super().__init__(cfg)

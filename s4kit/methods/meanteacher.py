@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -29,7 +30,7 @@ from ..data.mixing import mix_batch
 from ..losses.ce import unsupervised_masked_ce, unsupervised_weighted_ce
 from ..metrics import pseudo_label_quality
 from ..models.ema import ema_update, make_teacher
-from .base import IGNORE_INDEX, check_choices, register, unwrap, upsample
+from .base import IGNORE_INDEX, opt, register, unwrap, upsample
 from .supervised import Supervised, SupervisedOptions
 
 
@@ -38,12 +39,12 @@ class MeanTeacherOptions(SupervisedOptions):
     """Options of ``meanteacher``; ReCo's code values unless a preset says otherwise."""
 
     name: str = "meanteacher"
-    ema_alpha: float = 0.99
-    ema_buffers: str = "own"  # own (ReCo-literal) | ema | copy
-    teacher_bn: str = "train"  # train (ReCo-literal: batch statistics) | eval
-    confidence_threshold: float = 0.97  # delta_u
-    unsup_loss: str = "weighted"  # weighted (ReCo S4) | masked (UniMatch per-pixel)
-    unsup_weight: float = 1.0  # lambda_u
+    ema_alpha: float = opt(0.99, "[0, 1]")
+    ema_buffers: Literal["own", "ema", "copy"] = "own"  # own (ReCo-literal)
+    teacher_bn: Literal["train", "eval"] = "train"  # train (ReCo-literal: batch statistics)
+    confidence_threshold: float = opt(0.97, "[0, 1]")  # delta_u
+    unsup_loss: Literal["weighted", "masked"] = "weighted"  # weighted (ReCo S4) | masked (UniMatch per-pixel)
+    unsup_weight: float = opt(1.0, "[0, inf)")  # lambda_u
 
 
 @register("meanteacher")
@@ -55,8 +56,7 @@ class MeanTeacher(Supervised):
     ``pl_coverage`` and ``pl_accuracy`` (percent) of the teacher's pseudo-labels on the
     weak view at ``confidence_threshold``.
 
-    Raises ``ValueError`` for unknown ``ema_buffers``, ``teacher_bn`` or ``unsup_loss``
-    values, and ``RuntimeError`` if no unlabeled batch is given.
+    Raises ``RuntimeError`` if no unlabeled batch is given.
     """
 
     Options = MeanTeacherOptions
@@ -64,8 +64,6 @@ class MeanTeacher(Supervised):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        check_choices(self.opts, {"ema_buffers": ("own", "ema", "copy"), "teacher_bn": ("train", "eval"),
-                                  "unsup_loss": ("weighted", "masked")})
         self.teacher = make_teacher(self.student)
 
     # -- hooks for subclasses ------------------------------------------------------------

@@ -8,12 +8,13 @@ upsampled to the crop (bilinear, ``align_corners=True``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from ..data.transforms import StrongAugment
 from ..losses.ce import ohem_ce, supervised_ce
-from .base import Method, MethodOptions, register, upsample
+from .base import Method, MethodOptions, opt, register, upsample
 
 
 @dataclass
@@ -21,9 +22,9 @@ class SupervisedOptions(MethodOptions):
     """Options of ``supervised`` (the ``method:`` config section)."""
 
     name: str = "supervised"
-    sup_loss: str = "ce"  # ce | ohem
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int = 200_000
+    sup_loss: Literal["ce", "ohem"] = "ce"
+    ohem_thresh: float = opt(0.7, "[0, 1]")
+    ohem_min_kept: int = opt(200_000, "[0, inf)")
 
 
 @register("supervised")
@@ -32,15 +33,12 @@ class Supervised(Method):
     ``augment.labeled``).
 
     ``train_step(labeled, unlabeled=None)`` returns ``{"loss_sup": scalar}``.
-    Raises ``ValueError`` for an unknown ``method.sup_loss``.
     """
 
     Options = SupervisedOptions
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        if self.opts.sup_loss not in ("ce", "ohem"):
-            raise ValueError(f"method.sup_loss={self.opts.sup_loss!r}: expected ce or ohem")
         self.strong = StrongAugment(cfg.augment, cfg.data.mean, cfg.data.std)
 
     def augment_labeled(self, image: torch.Tensor) -> torch.Tensor:

@@ -49,6 +49,8 @@ def test_every_method_declares_choices_and_ranges_and_its_defaults_pass():
     for name in registered():
         cls = method_options(name)
         check_options(cls, dataclasses.asdict(cls()))  # no ConfigError
+        assert set(cls.unread) <= {f.name for f in dataclasses.fields(cls)}, name
+    assert method_options("rc2l").unread == ("sup_loss", "ohem_thresh", "ohem_min_kept", "unsup_loss")
 
 
 @pytest.mark.parametrize("method, key, allowed", _options("choice"), ids=lambda x: str(x))

@@ -295,8 +295,16 @@ def load_config(preset: str | Path, overrides: list[str] | tuple[str, ...] = ())
 
 
 def resolve(cfg: DictConfig) -> DictConfig:
-    """Fill derived defaults (``data.splits``) and merge the method's option schema."""
+    """Fill derived defaults (``data.splits``), merge the method's option schema and check it all.
+
+    Raises ``ConfigError`` naming the key, its value and what is allowed, for the first of: a
+    method option outside its choices or range (``methods.base.check_options``), a schema range
+    or choice (``_validate``), an option the method does not read set or a method's
+    cross-section need (``model.name=maskformer`` for rc2l, ...: ``methods.base.check_method``),
+    a ``model.*`` field the network does not read that differs from its default.
+    """
     from .methods import method_options  # late import: config must not depend on methods at import
+    from .methods.base import check_method, check_options
 
     cfg = _merge(OmegaConf.structured(Config), cfg, "config")
     if cfg.data.splits is None:
@@ -305,12 +313,16 @@ def resolve(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"method: expected a mapping with name and options, got {cfg.method!r}")
     name = cfg.method.get("name", None)
     options = method_options(name)  # raises ConfigError for an unknown method
+    check_options(options, cfg.method)  # before the merge: its Literal errors do not say "method.<key>=..."
     try:
         method = OmegaConf.merge(OmegaConf.structured(options), cfg.method)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"method {name!r}: {str(exc).splitlines()[0]}") from exc
+    check_options(options, method)  # again on the typed values: "nan" is a string before the merge
     cfg.method = method
     _validate(cfg)
+    check_method(cfg)
+    _check_network_fields(cfg.model)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -394,6 +406,24 @@ def _validate(cfg: DictConfig) -> None:
         if not ok:
             shown = key if (" " in key or key == "viz") else f"{key}={OmegaConf.select(cfg, key)!r}"
             raise ConfigError(f"{shown}: expected {expected}")
+
+
+def _check_network_fields(m: DictConfig) -> None:
+    """Every ``model.*`` field the network ``model.name`` does not read (``models.network_fields``)
+    keeps its default; raises ``ConfigError`` naming the field, its value and the network."""
+    from .models import network_fields
+
+    reads = set(network_fields(m.name))
+    network = f"model.name={m.name}"
+    if "backbone" in reads and m.backbone != "small":  # width: the small encoder's only
+        reads.discard("width")
+        network += f" with model.backbone={m.backbone}"
+    defaults = ModelConfig()
+    for key in m:
+        default = getattr(defaults, key)
+        if key not in reads and m[key] != default:
+            raise ConfigError(f"model.{key}={m[key]!r}: {network} does not read this field "
+                              f"(expected its default {default!r})")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -258,7 +258,7 @@ def test_segformer_outputs_and_strict_weights(tmp_path):
 
 def test_allspark_method_step_and_options(digits_root, tmp_path):
     from conftest import tiny_overrides
-    from s4kit.config import load_config
+    from s4kit.config import ConfigError, load_config
     from s4kit.data.loaders import build_train_streams
     from s4kit.methods import build_method
 
@@ -301,9 +301,8 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
     m2.iteration = 8
     out = m2.train_step(labeled, unlabeled)
     assert out["unsup_on"] == 1.0 and out["memory"] == 1.0 and float(out["loss_unsup"]) > 0
-    with pytest.raises(ValueError, match="segformer"):
-        build_method(load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "c")
-                                 + ["model.name=deeplabv3plus"]))
+    with pytest.raises(ConfigError, match="segformer"):
+        load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "c") + ["model.name=deeplabv3plus"])
 
 
 SYNC_MODES = ("allgather", "local", "rank0_broadcast_literal")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import s4kit.methods.css as css_module
-from s4kit.config import load_config
+from s4kit.config import ConfigError, load_config
 from s4kit.data.loaders import build_train_streams
 from s4kit.losses.css import (anchor_weights, class_sums, contrast_rampdown, css_contrast_loss, ema_prototypes,
                               max_rep_confidence, mix_labels, rep_distribution)
@@ -223,7 +223,7 @@ def test_degenerate_temperature_warns(digits_root, tmp_path):
     with pytest.warns(UserWarning, match="no pixel reaches delta_u"):
         _method(digits_root, tmp_path, "method.strategy=cross", "method.rep_temperature=0.5",
                 "method.confidence_threshold=0.9")
-    with pytest.raises(ValueError, match="strategy"):
+    with pytest.raises(ConfigError, match="strategy"):
         _method(digits_root, tmp_path, "method.strategy=both")
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s4kit.config import load_config
+from s4kit.config import ConfigError, load_config
 from s4kit.data.loaders import build_train_streams
 from s4kit.losses import region as R
 from s4kit.methods import build_method
@@ -267,10 +267,10 @@ def test_rc2l_zero_unsup_weight_reduces_to_supervised_maskformer(digits_root, tm
 
 
 def test_rc2l_rejects_a_per_pixel_model(digits_root, tmp_path):
-    with pytest.raises(ValueError, match="maskformer"):
-        build_method(load_config("digits/rc2l", tiny_overrides(digits_root, tmp_path) + ["model.name=deeplabv3plus"]))
-    with pytest.raises(ValueError, match="matching"):
-        build_method(load_config("digits/rc2l", tiny_overrides(digits_root, tmp_path) + ["method.matching=x"]))
+    with pytest.raises(ConfigError, match="maskformer"):
+        load_config("digits/rc2l", tiny_overrides(digits_root, tmp_path) + ["model.name=deeplabv3plus"])
+    with pytest.raises(ConfigError, match="matching"):
+        load_config("digits/rc2l", tiny_overrides(digits_root, tmp_path) + ["method.matching=x"])
 
 
 def test_mask_resolution_head_and_input_agree_on_a_perfect_prediction(digits_root, tmp_path):

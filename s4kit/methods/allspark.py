@@ -43,6 +43,7 @@ training. On digits (MiT-b0 from scratch, 800 iterations) the same checkpoint sc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ import torch.nn.functional as F
 from ..losses.ce import supervised_ce, unsupervised_masked_ce
 from ..losses.ramps import fraction_to_iters
 from ..models.allspark import AllSpark, memory_tokens
-from .base import IGNORE_INDEX, Method, check_choices, register, unwrap, upsample
+from .base import IGNORE_INDEX, Method, opt, register, require, unwrap, upsample
 from .steps import pseudo_label_logs, require_unlabeled, strong_mixed_view
 from .supervised import SupervisedOptions
 
@@ -60,21 +61,33 @@ class AllSparkOptions(SupervisedOptions):
     """Options of ``allspark``; defaults reproduce the official code (reference §11)."""
 
     name: str = "allspark"
-    framework: str = "allspark"  # allspark (paper) | unimatch_allspark (s4kit variant, non-paper)
-    heads: int = 2  # h
-    attn_drop: float = 0.1
-    proj_drop: float = 0.1
-    warmup_fraction: float = 0.0625  # iterations with K/V from u before the memory: 5/80 epochs (VOC), 15/240 (Cityscapes)
-    csg_input: str = "logits"  # logits (code) | softmax (paper's "probability map")
-    memory_sync: str = "allgather"  # allgather | rank0_broadcast_literal | local
-    patch_num: str = "auto"  # auto: true stage-4 size ceil(s/32)^2 | literal: (s//32+1)^2 (code)
-    pl_forward: str = "batch"  # batch (code: K/V over the unlabeled batch) | per_image | memory (s4kit, after warm-up)
-    eval_source: str = "per_image"  # K/V at evaluation: per_image (paper: self-attention) | batch | memory (s4kit)
+    framework: Literal["allspark", "unimatch_allspark"] = "allspark"  # unimatch_allspark: s4kit variant, non-paper
+    heads: int = opt(2, "[1, inf)")  # h
+    attn_drop: float = opt(0.1, "[0, 1)")
+    proj_drop: float = opt(0.1, "[0, 1)")
+    # iterations with K/V from u before the memory: 5/80 epochs (VOC), 15/240 (Cityscapes)
+    warmup_fraction: float = opt(0.0625, "[0, 1]")
+    csg_input: Literal["logits", "softmax"] = "logits"  # logits (code) | softmax (paper's "probability map")
+    memory_sync: Literal["allgather", "rank0_broadcast_literal", "local"] = "allgather"
+    patch_num: Literal["auto", "literal"] = "auto"  # auto: true stage-4 size ceil(s/32)^2 | literal: (s//32+1)^2 (code)
+    # K/V of the pseudo-label forward: batch (code: the unlabeled batch) | per_image | memory (s4kit, after warm-up)
+    pl_forward: Literal["batch", "per_image", "memory"] = "batch"
+    # K/V at evaluation: per_image (paper: self-attention) | batch | memory (s4kit)
+    eval_source: Literal["per_image", "batch", "memory"] = "per_image"
     ignore_u_padding: bool = False  # code: crop padding of u counts in L_u
-    sup_weight: float = 0.5
-    unsup_weight: float = 0.5
-    confidence_threshold: float = 0.0  # allspark: none (0 = every pixel; only for measuring); unimatch_allspark: mask
-    unsup_warmup_fraction: float = 0.0  # share of the iterations with L_u off (paper: 0; the memory still fills)
+    sup_weight: float = opt(0.5, "[0, inf)")
+    unsup_weight: float = opt(0.5, "[0, inf)")
+    # allspark: none (0 = every pixel; only for measuring); unimatch_allspark: the mask
+    confidence_threshold: float = opt(0.0, "[0, 1]")
+    unsup_warmup_fraction: float = opt(0.0, "[0, 1]")  # share of the iterations with L_u off (paper: 0; the memory fills)
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """``model.name`` must be ``segformer``; with ``framework=allspark`` (no mixing)
+        ``augment.mix`` must be ``none``. Raises ``ConfigError``."""
+        require(cfg, "model.name", ("segformer",), "allspark needs the SegFormer network")
+        if cfg.method.framework == "allspark":
+            require(cfg, "augment.mix", ("none",), "framework=allspark does not read this option: it mixes nothing")
 
 
 @register("allspark")
@@ -89,8 +102,7 @@ class AllSparkMethod(Method):
     Evaluation (``predict``) runs the labeled branch as per-image channel self-attention,
     what the official batch-1 evaluation computes (reference §6).
 
-    Raises ``ValueError`` for a model other than SegFormer or an unknown option value, and
-    ``RuntimeError`` without an unlabeled batch.
+    Raises ``RuntimeError`` without an unlabeled batch.
     """
 
     Options = AllSparkOptions
@@ -99,11 +111,6 @@ class AllSparkMethod(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         o = self.opts
-        check_choices(o, {"framework": ("allspark", "unimatch_allspark"), "csg_input": ("logits", "softmax"),
-                          "pl_forward": ("batch", "per_image", "memory"),
-                          "eval_source": ("per_image", "batch", "memory")})
-        if cfg.model.name != "segformer":
-            raise ValueError(f"method allspark needs model.name=segformer, got {cfg.model.name!r}")
         net = self.student
         tokens = memory_tokens(cfg.data.crop_size, cfg.model.input_scale, o.patch_num)
         net.bottleneck = AllSpark(net.encoder.channels[-1], self.num_classes, tokens, o.heads, o.attn_drop,

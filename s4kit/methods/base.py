@@ -24,8 +24,10 @@ ground truth also carry ``hidden_mask`` int64 (B, H, W), which methods may use o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -38,11 +40,46 @@ from ..labels import IGNORE_INDEX  # noqa: F401  (re-exported to the methods)
 _REGISTRY: dict[str, type["Method"]] = {}
 
 
+_INTERVAL = re.compile(r"([\[(])\s*(-?inf|[-+.\deE]+)\s*,\s*(-?inf|[-+.\deE]+)\s*([\])])")
+
+
+def in_interval(value: float, interval: str) -> bool:
+    """Whether ``value`` lies in ``interval``, written ``"[0, 1]"``, ``"(0, inf)"``, ``"[1, inf)"``
+    (square bracket: closed end; NaN lies in none). Raises ``ValueError`` for a malformed interval."""
+    m = _INTERVAL.fullmatch(interval.strip())
+    if m is None:
+        raise ValueError(f"malformed interval {interval!r}: expected e.g. '[0, 1]' or '(0, inf)'")
+    left, lo, hi, right = m.group(1), float(m.group(2)), float(m.group(3)), m.group(4)
+    return (lo <= value if left == "[" else lo < value) and (value <= hi if right == "]" else value < hi)
+
+
+def opt(default: Any, interval: str) -> Any:
+    """A numeric option with its range: ``ema_alpha: float = opt(0.99, "[0, 1]")``.
+
+    ``config.resolve`` rejects a value outside ``interval`` (see ``check_options``); a subclass
+    that only changes the default (``strong_threshold: float = 0.8``) keeps its parent's range.
+    Raises ``ValueError`` for a malformed interval (at import).
+    """
+    in_interval(0.0, interval)
+    return field(default=default, metadata={"interval": interval})
+
+
 @dataclass
 class MethodOptions:
-    """Options every method understands (the ``method:`` section of a config)."""
+    """Options every method understands (the ``method:`` section of a config).
+
+    Subclasses declare choices as ``Literal[...]`` annotations and ranges with ``opt``;
+    ``unread`` names inherited options the method does not read (they must keep their
+    default), and ``validate`` checks what involves other config sections. ``config.resolve``
+    runs all three before anything is written.
+    """
 
     name: str = "supervised"
+    unread: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """Cross-section checks on the resolved config (``require``); raises ``ConfigError``. Default: none."""
 
 
 def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
@@ -82,12 +119,65 @@ def build_method(cfg) -> "Method":
     return method_class(cfg.method.name)(cfg)
 
 
-def check_choices(opts, choices: dict[str, tuple[str, ...]]) -> None:
-    """Raise ``ValueError`` naming ``method.<key>`` and the allowed values for the first option
-    of ``opts`` whose value is not among ``choices[key]``."""
-    for key, allowed in choices.items():
-        if opts[key] not in allowed:
-            raise ValueError(f"method.{key}={opts[key]!r}: expected one of {allowed}")
+def option_choices(options: type, key: str) -> tuple | None:
+    """The values a ``Literal[...]`` option ``key`` of ``options`` allows, or ``None``."""
+    hint = typing.get_type_hints(options).get(key)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def option_interval(options: type, key: str) -> str | None:
+    """The ``opt`` interval of option ``key``, from the nearest class of ``options`` that declares one."""
+    for klass in options.__mro__:
+        f = getattr(klass, "__dataclass_fields__", {}).get(key)
+        if f is not None and "interval" in f.metadata:
+            return f.metadata["interval"]
+    return None
+
+
+def check_options(options: type, values) -> None:
+    """Check the ``method:`` section ``values`` (a mapping) against the ``options`` dataclass.
+
+    Raises ``ConfigError`` naming ``method.<key>``, its value and what is allowed, for the first
+    value outside its ``Literal`` choices or its ``opt`` interval. Keys ``options`` lacks and
+    values of the wrong type are left to the OmegaConf merge that follows.
+    """
+    from ..config import ConfigError
+
+    for key, value in values.items():
+        allowed = option_choices(options, key)
+        if allowed is not None and value not in allowed:
+            raise ConfigError(f"method.{key}={value!r}: expected one of {allowed}")
+        interval = option_interval(options, key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if interval is not None and number and not in_interval(value, interval):
+            raise ConfigError(f"method.{key}={value!r}: expected a number in {interval}")
+
+
+def check_method(cfg) -> None:
+    """The checks that need the merged config: no ``unread`` option of ``cfg.method`` differs
+    from its default, then ``Options.validate(cfg)``. Raises ``ConfigError`` naming the option,
+    its value and the method."""
+    from ..config import ConfigError
+
+    options = method_options(cfg.method.name)
+    defaults = options()
+    for key in options.unread:
+        if cfg.method[key] != getattr(defaults, key):
+            raise ConfigError(f"method.{key}={cfg.method[key]!r}: {cfg.method.name} does not read this option "
+                              f"(expected its default {getattr(defaults, key)!r})")
+    options.validate(cfg)
+
+
+def require(cfg, key: str, allowed: tuple, why: str) -> None:
+    """Raise ``ConfigError`` "``key=value``: ``why`` (expected ...)" unless the value of the dotted
+    config ``key`` is in ``allowed``; for ``Options.validate``."""
+    from omegaconf import OmegaConf
+
+    from ..config import ConfigError
+
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: {why} (expected {' or '.join(map(str, allowed))})")
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -144,8 +234,6 @@ class Method(nn.Module):
         self.student = build_model(cfg.model, cfg.data.num_classes)
         self.teacher: nn.Module | None = None  # an EMA copy, made by ``make_teacher``
         self.strong = StrongAugment(cfg.augment, cfg.data.mean, cfg.data.std)  # photometric strong view
-        if "sup_loss" in self.opts:
-            check_choices(self.opts, {"sup_loss": ("ce", "ohem")})
         # the trainer sets ``iteration`` (0-based) before every train_step, also after a resume,
         # so loss-weight schedules are pure functions of (iteration, total_iters)
         self.iteration, self.total_iters = 0, int(cfg.train.iters)

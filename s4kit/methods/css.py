@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,8 +54,7 @@ from ..losses.contrast import flatten_pixels
 from ..losses.css import (anchor_weights, class_sums, contrast_rampdown, css_contrast_loss, ema_prototypes,
                           max_rep_confidence, mix_labels, rep_distribution)
 from ..losses.ramps import linear_rampup
-from .base import IGNORE_INDEX, Method, check_choices, downsample_labels, register, upsample
-from .meanteacher import MEAN_TEACHER_CHOICES
+from .base import IGNORE_INDEX, Method, downsample_labels, opt, register, upsample
 from .reco import RecoOptions
 from .steps import nearest, pseudo_label_logs, require_unlabeled, strong_mixed_view, unsupervised_ce
 
@@ -64,16 +64,16 @@ class CSSOptions(RecoOptions):
     """Options of ``css`` (paper / author values; see the module docstring for the code's)."""
 
     name: str = "css"
-    strategy: str = "mix"  # mix (headline) | cross
+    strategy: Literal["mix", "cross"] = "mix"  # mix (headline)
     strong_threshold: float = 0.8  # delta_s on the similarity indicator (README, CLI)
-    rep_temperature: float = 0.25  # T of the rep-space softmax (author; code CLI 0.5)
-    proto_momentum: float = 0.99  # alpha_p
-    proto_source: str = "student"  # student (code) | teacher (paper Eq. 2)
-    proto_sync: str = "global"  # global (all-reduce) | local_literal
-    mix_rep_filter: str = "none"  # none (code) | paper (contrast also needs q^rep >= delta_w)
-    contrast_schedule: str = "global_rampdown"  # global_rampdown | epoch_rampdown_literal | constant
-    cross_warmup: int = 20  # cross: L_u on logit labels for this long (paper/README: 20 epochs; code: 0)
-    cross_warmup_unit: str = "epochs"  # epochs (labelled-loader epochs) | iters
+    rep_temperature: float = opt(0.25, "(0, inf)")  # T of the rep-space softmax (author; code CLI 0.5)
+    proto_momentum: float = opt(0.99, "[0, 1]")  # alpha_p
+    proto_source: Literal["student", "teacher"] = "student"  # student (code) | teacher (paper Eq. 2)
+    proto_sync: Literal["global", "local_literal"] = "global"  # global (all-reduce)
+    mix_rep_filter: Literal["none", "paper"] = "none"  # none (code) | paper (contrast also needs q^rep >= delta_w)
+    contrast_schedule: Literal["global_rampdown", "epoch_rampdown_literal", "constant"] = "global_rampdown"
+    cross_warmup: int = opt(20, "[0, inf)")  # cross: L_u on logit labels this long (paper/README: 20 epochs; code: 0)
+    cross_warmup_unit: Literal["epochs", "iters"] = "epochs"  # epochs: labelled-loader epochs
 
 
 def label_spaces(out: dict, prototypes: torch.Tensor, temperature: float, size) -> dict[str, torch.Tensor]:
@@ -100,8 +100,8 @@ class CSS(Method):
     pixels where the spaces agree), ``css_hard_fraction`` (share of valid contrast pixels
     that are hard anchors), ``css_rep_confident`` (share with q^rep >= delta_u).
 
-    Raises ``ValueError`` for unknown option values; warns when delta_s (or, in cross mode,
-    delta_u) exceeds the largest attainable rep-space confidence (C4).
+    Warns when delta_s (or, in cross mode, delta_u) exceeds the largest attainable rep-space
+    confidence (C4).
     """
 
     Options = CSSOptions
@@ -112,11 +112,6 @@ class CSS(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         o = self.opts
-        check_choices(o, MEAN_TEACHER_CHOICES)
-        check_choices(o, {"strategy": ("mix", "cross"), "proto_source": ("student", "teacher"),
-                          "proto_sync": ("global", "local_literal"), "mix_rep_filter": ("none", "paper"),
-                          "contrast_schedule": ("global_rampdown", "epoch_rampdown_literal", "constant"),
-                          "cross_warmup_unit": ("epochs", "iters")})
         q_max = max_rep_confidence(o.rep_temperature, self.num_classes)
         problems = [f"every valid pixel is a hard anchor at delta_s={o.strong_threshold}"] \
             if q_max < o.strong_threshold else []

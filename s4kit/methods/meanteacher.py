@@ -20,8 +20,9 @@ delta_u = 0.97.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from .base import Method, check_choices, register
+from .base import Method, opt, register
 from .steps import mean_teacher_step
 from .supervised import SupervisedOptions
 
@@ -31,16 +32,12 @@ class MeanTeacherOptions(SupervisedOptions):
     """Options of ``meanteacher``; ReCo's code values unless a preset says otherwise."""
 
     name: str = "meanteacher"
-    ema_alpha: float = 0.99
-    ema_buffers: str = "own"  # own (ReCo-literal) | ema | copy
-    teacher_bn: str = "train"  # train (ReCo-literal: batch statistics) | eval
-    confidence_threshold: float = 0.97  # delta_u
-    unsup_loss: str = "weighted"  # weighted (ReCo S4) | masked (UniMatch per-pixel)
-    unsup_weight: float = 1.0  # lambda_u
-
-
-MEAN_TEACHER_CHOICES = {"ema_buffers": ("own", "ema", "copy"), "teacher_bn": ("train", "eval"),
-                        "unsup_loss": ("weighted", "masked")}
+    ema_alpha: float = opt(0.99, "[0, 1]")
+    ema_buffers: Literal["own", "ema", "copy"] = "own"  # own (ReCo-literal)
+    teacher_bn: Literal["train", "eval"] = "train"  # train (ReCo-literal: batch statistics)
+    confidence_threshold: float = opt(0.97, "[0, 1]")  # delta_u
+    unsup_loss: Literal["weighted", "masked"] = "weighted"  # weighted (ReCo S4) | masked (UniMatch per-pixel)
+    unsup_weight: float = opt(1.0, "[0, inf)")  # lambda_u
 
 
 @register("meanteacher")
@@ -51,8 +48,7 @@ class MeanTeacher(Method):
     ``hidden_mask``, the diagnostics ``pl_precision``, ``pl_coverage`` and ``pl_accuracy``
     (percent) of the teacher's pseudo-labels on the weak view at ``confidence_threshold``.
 
-    Raises ``ValueError`` for unknown ``ema_buffers``, ``teacher_bn`` or ``unsup_loss``
-    values, and ``RuntimeError`` if no unlabeled batch is given.
+    Raises ``RuntimeError`` if no unlabeled batch is given.
     """
 
     Options = MeanTeacherOptions
@@ -60,7 +56,6 @@ class MeanTeacher(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        check_choices(self.opts, MEAN_TEACHER_CHOICES)
         self.make_teacher()
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:

@@ -35,14 +35,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from .. import dist
 from ..losses.prcl import prcl_loss, prototypes_from_stats, rampdown_weight, variance_regularizer
 from ..models.probability import ProbabilisticNet, ProbabilityHead
-from .base import IGNORE_INDEX, Method, check_choices, register, unwrap, upsample
-from .meanteacher import MEAN_TEACHER_CHOICES, MeanTeacherOptions
+from .base import IGNORE_INDEX, Method, opt, register, unwrap, upsample
+from .meanteacher import MeanTeacherOptions
 from .steps import contrast_targets, mean_teacher_step
 
 
@@ -51,21 +52,21 @@ class PRCLOptions(MeanTeacherOptions):
     """Options of ``prcl`` (reference/prcl.md §13); defaults are the official code's values."""
 
     name: str = "prcl"
-    weak_threshold: float = 0.7  # delta_w: pseudo-label validity for the contrast
-    strong_threshold: float = 0.8  # delta_s: hard-anchor cut
-    temperature: float = 100.0  # tau, the divisor of the MLS
-    num_queries: int = 256  # Q anchors per class
-    num_negatives: int = 512  # M_k negatives per anchor
-    contrast_weight: float = 1.0  # w: lambda_c at t = 0
-    contrast_schedule: str = "rampdown"  # rampdown: w exp(mult (t/T)^2) over the run (P9) | constant: w
-    rampdown_mult: float = -5.0
-    sigma_lr: float = 5.0e-5  # peak lr of the probability head (its lr_mult = sigma_lr / optim.lr)
-    sigma_head_input: str = "feat"  # feat (code: raw decoder concatenation) | rep (the mean mu)
-    variance_reg: str = "none"  # none (code) | custom ([interpretation], see losses.prcl.variance_regularizer)
-    variance_reg_weight: float = 0.01
-    version: str = "aaai"  # aaai (code: batch prototypes) | ijcv_interpretation (global prototypes + VNs)
-    gdp_momentum: float = 0.99  # forgetting factor of the global prototypes' accumulated precision
-    virtual_negatives: int = 0  # per anchor, ijcv_interpretation only
+    weak_threshold: float = opt(0.7, "[0, 1]")  # delta_w: pseudo-label validity for the contrast
+    strong_threshold: float = opt(0.8, "[0, 1]")  # delta_s: hard-anchor cut
+    temperature: float = opt(100.0, "(0, inf)")  # tau, the divisor of the MLS
+    num_queries: int = opt(256, "[1, inf)")  # Q anchors per class
+    num_negatives: int = opt(512, "[1, inf)")  # M_k negatives per anchor
+    contrast_weight: float = opt(1.0, "[0, inf)")  # w: lambda_c at t = 0
+    contrast_schedule: Literal["rampdown", "constant"] = "rampdown"  # rampdown: w exp(mult (t/T)^2) (P9); constant: w
+    rampdown_mult: float = opt(-5.0, "(-inf, 0]")
+    sigma_lr: float = opt(5.0e-5, "(0, inf)")  # peak lr of the probability head (its lr_mult = sigma_lr / optim.lr)
+    sigma_head_input: Literal["feat", "rep"] = "feat"  # feat (code: raw decoder concatenation) | rep (the mean mu)
+    variance_reg: Literal["none", "custom"] = "none"  # custom: [interpretation], losses.prcl.variance_regularizer
+    variance_reg_weight: float = opt(0.01, "[0, inf)")
+    version: Literal["aaai", "ijcv_interpretation"] = "aaai"  # aaai: batch prototypes (code); ijcv: global + VNs
+    gdp_momentum: float = opt(0.99, "[0, 1]")  # forgetting factor of the global prototypes' accumulated precision
+    virtual_negatives: int = opt(0, "[0, inf)")  # per anchor, ijcv_interpretation only
     literal_denominator: bool = False  # the code counts classes without hard anchors in (P7)
 
 
@@ -76,8 +77,7 @@ class PRCL(Method):
 
     Diagnostics in ``train_step``'s output: ``contrast_lambda`` (lambda_c of this step),
     ``sigma2_mean`` (mean student sigma^2 on the unlabeled strong view), ``pl_*`` with hidden
-    ground truth. Raises ``ValueError`` for unknown ``contrast_schedule``, ``sigma_head_input``,
-    ``variance_reg`` or ``version`` values, or a non-positive ``sigma_lr``.
+    ground truth.
     """
 
     Options = PRCLOptions
@@ -88,11 +88,6 @@ class PRCL(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         o = self.opts
-        check_choices(o, MEAN_TEACHER_CHOICES)
-        check_choices(o, {"contrast_schedule": ("rampdown", "constant"), "sigma_head_input": ("feat", "rep"),
-                          "variance_reg": ("none", "custom"), "version": ("aaai", "ijcv_interpretation")})
-        if o.sigma_lr <= 0:
-            raise ValueError(f"method.sigma_lr={o.sigma_lr}: must be > 0")
         net = self.student
         cin = net.feat_channels if o.sigma_head_input == "feat" else net.rep_dim
         self.student = ProbabilisticNet(net, ProbabilityHead(cin, net.rep_dim), o.sigma_head_input)  # (P1)

@@ -15,7 +15,7 @@ s4kit's choice, each an option:
   (``losses.region.set_loss``), on the head grid (labels nearest-downsampled).
 * Views (D6): the EMA teacher sees the weak unlabeled view u, the student a photometric-only
   strong view of the *same* u, so teacher and student masks stay pixel-aligned. Mixing
-  (CutMix/ClassMix) is not applied (``augment.mix`` is ignored by this method).
+  (CutMix/ClassMix) is not applied: the config must say ``augment.mix=none``.
 * Teacher regions (D4, T1): confident teacher queries (``region_threshold`` gamma = 0.7 on
   the class probability, not ∅, non-empty binary mask at ``mask_threshold`` 0.5).
 * Correspondence (D5): ``matching=hungarian`` (M1, default): the MaskFormer cost (R4) between
@@ -45,6 +45,7 @@ pseudo-label precision/coverage (``pl_*``, from the normalised semantic masks).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -54,15 +55,10 @@ from ..losses.region import (hungarian_match, mask_average_pool, matching_cost, 
                              rmc_loss,
                              set_loss, smc_loss, teacher_regions)
 from ..losses.ramps import linear_rampup
-from .base import Method, check_choices, downsample_labels, register, upsample
-from .meanteacher import MEAN_TEACHER_CHOICES, MeanTeacherOptions
+from .base import Method, downsample_labels, opt, register, require, upsample
+from .meanteacher import MeanTeacherOptions
 from .steps import pseudo_label_logs, require_unlabeled, teacher_pseudo_labels
 from .supervised import SupervisedOptions
-
-
-def _check_model(cfg, name: str) -> None:
-    if cfg.model.name != "maskformer":
-        raise ValueError(f"method {name!r} needs model.name=maskformer (got {cfg.model.name!r})")
 
 
 def maskformer_supervised_loss(out: dict, labels: torch.Tensor, opts) -> torch.Tensor:
@@ -92,27 +88,28 @@ class SupervisedMaskFormerOptions(SupervisedOptions):
     """Options of ``supervised_maskformer``: MaskFormer's loss weights (reference/rc2l.md §7)."""
 
     name: str = "supervised_maskformer"
-    no_object_weight: float = 0.1  # w_∅ (MaskFormer NO_OBJECT_WEIGHT)
-    class_weight: float = 1.0  # lambda_cls (matching cost and loss)
-    focal_weight: float = 20.0  # lambda_focal
-    dice_weight: float = 1.0  # lambda_dice
+    no_object_weight: float = opt(0.1, "[0, inf)")  # w_∅ (MaskFormer NO_OBJECT_WEIGHT)
+    class_weight: float = opt(1.0, "[0, inf)")  # lambda_cls (matching cost and loss)
+    focal_weight: float = opt(20.0, "[0, inf)")  # lambda_focal
+    dice_weight: float = opt(1.0, "[0, inf)")  # lambda_dice
     deep_supervision: bool = True
-    mask_resolution: str = "head"  # head | input: where the set loss compares masks with labels
+    mask_resolution: Literal["head", "input"] = "head"  # where the set loss compares masks with labels
+    unread: ClassVar[tuple[str, ...]] = ("sup_loss", "ohem_thresh", "ohem_min_kept")  # the set loss replaces them
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """``model.name`` must be ``maskformer``; raises ``ConfigError``."""
+        require(cfg, "model.name", ("maskformer",), f"{cfg.method.name} needs a mask-classification network")
 
 
 @register("supervised_maskformer")
 class SupervisedMaskFormer(Method):
     """Labeled images only, MaskFormer set loss (R5) on the mask-classification head.
 
-    ``train_step(labeled, unlabeled=None)`` returns ``{"loss_sup": scalar}``. Raises
-    ``ValueError`` unless ``model.name=maskformer``.
+    ``train_step(labeled, unlabeled=None)`` returns ``{"loss_sup": scalar}``.
     """
 
     Options = SupervisedMaskFormerOptions
-
-    def __init__(self, cfg):
-        _check_model(cfg, self.name)
-        super().__init__(cfg)
 
     def train_step(self, labeled: dict, unlabeled: dict | None = None) -> dict:
         out = self.student(self.augment_labeled(labeled["image"]))
@@ -124,27 +121,37 @@ class RC2LOptions(MeanTeacherOptions):
     """Options of ``rc2l``; every value is s4kit's reconstruction (reference/rc2l.md §4, §10)."""
 
     name: str = "rc2l"
-    no_object_weight: float = 0.1
-    class_weight: float = 1.0
-    focal_weight: float = 20.0
-    dice_weight: float = 1.0
+    no_object_weight: float = opt(0.1, "[0, inf)")
+    class_weight: float = opt(1.0, "[0, inf)")
+    focal_weight: float = opt(20.0, "[0, inf)")
+    dice_weight: float = opt(1.0, "[0, inf)")
     deep_supervision: bool = True
-    mask_resolution: str = "head"  # head | input (set loss only; the region losses use the head grid)
-    region_threshold: float = 0.7  # gamma: teacher query confidence (T1)
-    mask_threshold: float = 0.5  # binarisation of teacher masks
-    matching: str = "hungarian"  # hungarian (M1) | index (M2)
-    teacher_mask: str = "hard"  # hard | soft: the teacher mask in RMC and in the teacher-side MAP
-    mask_temperature: float = 0.1  # tau_m
-    feature_temperature: float = 0.1  # tau_f
+    mask_resolution: Literal["head", "input"] = "head"  # set loss only; the region losses use the head grid
+    region_threshold: float = opt(0.7, "[0, 1]")  # gamma: teacher query confidence (T1)
+    mask_threshold: float = opt(0.5, "[0, 1]")  # binarisation of teacher masks
+    matching: Literal["hungarian", "index"] = "hungarian"  # hungarian (M1) | index (M2)
+    teacher_mask: Literal["hard", "soft"] = "hard"  # the teacher mask in RMC and in the teacher-side MAP
+    mask_temperature: float = opt(0.1, "(0, inf)")  # tau_m
+    feature_temperature: float = opt(0.1, "(0, inf)")  # tau_f
     projection: bool = False  # RFC projection MLP g (E -> E -> 128)
-    smc_threshold: float = 0.7  # gamma for C_u in SMC
-    rcc_unmatched: str = "noobject"  # noobject (D7) | ignore | teacher: RCC target of student queries matched to no region
+    smc_threshold: float = opt(0.7, "[0, 1]")  # gamma for C_u in SMC
+    # RCC target of student queries matched to no region: noobject (D7) | ignore | teacher
+    rcc_unmatched: Literal["noobject", "ignore", "teacher"] = "noobject"
     merge_regions: bool = False  # one teacher region per class and image (union of the same-class queries)
-    rcc_weight: float = 1.0
-    rmc_weight: float = 1.0
-    rfc_weight: float = 1.0
-    smc_weight: float = 1.0
-    unsup_warmup: int = 0  # lambda_u ramps up linearly over this many iterations (0: off)
+    rcc_weight: float = opt(1.0, "[0, inf)")
+    rmc_weight: float = opt(1.0, "[0, inf)")
+    rfc_weight: float = opt(1.0, "[0, inf)")
+    smc_weight: float = opt(1.0, "[0, inf)")
+    unsup_warmup: int = opt(0, "[0, inf)")  # lambda_u ramps up linearly over this many iterations (0: off)
+    # the set loss replaces L_s and its OHEM; the region losses replace L_u
+    unread: ClassVar[tuple[str, ...]] = ("sup_loss", "ohem_thresh", "ohem_min_kept", "unsup_loss")
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """``model.name`` must be ``maskformer`` and ``augment.mix`` ``none`` (D6: the views
+        stay aligned); raises ``ConfigError``."""
+        require(cfg, "model.name", ("maskformer",), "rc2l needs a mask-classification network")
+        require(cfg, "augment.mix", ("none",), "rc2l does not read this option: it mixes nothing")
 
 
 @register("rc2l")
@@ -153,8 +160,7 @@ class RC2L(Method):
 
     ``train_step`` returns ``loss_sup``, ``loss_rcc``, ``loss_rmc``, ``loss_rfc``,
     ``loss_smc`` (already weighted by lambda_u and their own weights), ``regions`` and, with
-    hidden ground truth, ``pl_*``. Raises ``ValueError`` unless ``model.name=maskformer`` or
-    for unknown ``matching`` / ``teacher_mask``; ``RuntimeError`` without an unlabeled batch.
+    hidden ground truth, ``pl_*``. Raises ``RuntimeError`` without an unlabeled batch.
     """
 
     Options = RC2LOptions
@@ -163,12 +169,8 @@ class RC2L(Method):
     find_unused_parameters = False
 
     def __init__(self, cfg):
-        _check_model(cfg, self.name)
         super().__init__(cfg)
-        check_choices(self.opts, MEAN_TEACHER_CHOICES)
         self.make_teacher()
-        check_choices(self.opts, {"matching": ("hungarian", "index"), "teacher_mask": ("hard", "soft"),
-                                  "rcc_unmatched": ("noobject", "ignore", "teacher")})
         self.projection = None
         if self.opts.projection:
             e = cfg.model.rep_dim

@@ -28,8 +28,8 @@ import torch
 
 from ..losses.contrast import reco_loss
 from ..losses.ramps import linear_rampup
-from .base import Method, check_choices, register
-from .meanteacher import MEAN_TEACHER_CHOICES, MeanTeacherOptions
+from .base import Method, opt, register
+from .meanteacher import MeanTeacherOptions
 from .steps import contrast_targets, mean_teacher_step
 
 
@@ -38,13 +38,13 @@ class RecoOptions(MeanTeacherOptions):
     """Options of ``reco``: ReCo's code values (substrate §5.3) unless a preset says otherwise."""
 
     name: str = "reco"
-    weak_threshold: float = 0.7  # delta_w: pseudo-label validity for the contrast
-    strong_threshold: float = 0.97  # delta_s: hard-anchor cut
-    temperature: float = 0.5  # tau
-    num_queries: int = 256  # M_q anchors per class
-    num_negatives: int = 512  # M_k negative keys per anchor
-    contrast_weight: float = 1.0  # lambda_c
-    contrast_warmup: int = 0  # s4kit option: lambda_c ramps up linearly over this many iterations (ReCo: 0)
+    weak_threshold: float = opt(0.7, "[0, 1]")  # delta_w: pseudo-label validity for the contrast
+    strong_threshold: float = opt(0.97, "[0, 1]")  # delta_s: hard-anchor cut
+    temperature: float = opt(0.5, "(0, inf)")  # tau
+    num_queries: int = opt(256, "[1, inf)")  # M_q anchors per class
+    num_negatives: int = opt(512, "[1, inf)")  # M_k negative keys per anchor
+    contrast_weight: float = opt(1.0, "[0, inf)")  # lambda_c
+    contrast_warmup: int = opt(0, "[0, inf)")  # s4kit: lambda_c ramps up linearly over this many iterations (ReCo: 0)
     literal_denominator: bool = False  # ReCo-literal (S9) denominator
 
 
@@ -60,7 +60,6 @@ class ReCo(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        check_choices(self.opts, MEAN_TEACHER_CHOICES)
         self.make_teacher()
 
     def train_step(self, labeled: dict, unlabeled: dict | None) -> dict:

@@ -11,8 +11,9 @@ CSS, UniMatch and AllSpark), on logits upsampled to the crop (bilinear,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from .base import Method, MethodOptions, register
+from .base import Method, MethodOptions, opt, register
 
 
 @dataclass
@@ -20,9 +21,9 @@ class SupervisedOptions(MethodOptions):
     """Options of ``supervised`` (the ``method:`` config section)."""
 
     name: str = "supervised"
-    sup_loss: str = "ce"  # ce | ohem
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int = 200_000
+    sup_loss: Literal["ce", "ohem"] = "ce"
+    ohem_thresh: float = opt(0.7, "[0, 1]")
+    ohem_min_kept: int = opt(200_000, "[0, inf)")
 
 
 @register("supervised")
@@ -30,7 +31,6 @@ class Supervised(Method):
     """Cross-entropy on the labeled batch.
 
     ``train_step(labeled, unlabeled=None)`` returns ``{"loss_sup": scalar}``.
-    Raises ``ValueError`` for an unknown ``method.sup_loss``.
     """
 
     Options = SupervisedOptions

@@ -9,16 +9,27 @@ from .maskformer import MaskFormerHead
 from .segformer import MiTEncoder, SegFormer, load_mit_weights
 
 _BUILDERS: dict = {}
+_READS: dict[str, tuple[str, ...]] = {}
+CNN_FIELDS = ("backbone", "width", "output_stride", "pretrained")  # build_cnn_encoder (width: backbone=small only)
+DEEPLAB_FIELDS = CNN_FIELDS + ("rep_dim", "aspp_channels", "low_channels", "head_channels", "aspp_rates")
 
 
-def register_model(name: str):
-    """Decorator: register ``fn(model_cfg, num_classes) -> nn.Module`` as ``model.name=<name>``."""
+def register_model(name: str, reads: tuple[str, ...]):
+    """Decorator: register ``fn(model_cfg, num_classes) -> nn.Module`` as ``model.name=<name>``;
+    ``reads`` names the ``model.*`` fields ``fn`` reads (``config.resolve`` rejects any other
+    field that differs from its default)."""
 
     def wrap(fn):
         _BUILDERS[name] = fn
+        _READS[name] = ("name", "sync_bn") + tuple(reads)  # sync_bn: the trainer's, for every network
         return fn
 
     return wrap
+
+
+def network_fields(name: str) -> tuple[str, ...]:
+    """The ``model.*`` fields network ``name`` reads; raises ``KeyError`` for an unknown name."""
+    return _READS[name]
 
 
 def build_cnn_encoder(mcfg) -> nn.Module:
@@ -33,7 +44,7 @@ def build_cnn_encoder(mcfg) -> nn.Module:
     return encoder
 
 
-@register_model("deeplabv3plus")
+@register_model("deeplabv3plus", reads=DEEPLAB_FIELDS)
 def build_deeplabv3plus(mcfg, num_classes: int) -> nn.Module:
     """DeepLabV3+ on ``model.backbone`` (``small`` or a torchvision ResNet), see ``deeplab.py``.
 
@@ -44,7 +55,8 @@ def build_deeplabv3plus(mcfg, num_classes: int) -> nn.Module:
                          mcfg.head_channels, tuple(mcfg.aspp_rates))
 
 
-@register_model("maskformer")
+@register_model("maskformer", reads=DEEPLAB_FIELDS + ("num_queries", "dec_layers", "dec_heads", "dec_ffn",
+                                                       "dec_dropout", "dec_memory", "masked_attention"))
 def build_maskformer(mcfg, num_classes: int) -> nn.Module:
     """DeepLabV3+ encoder/decoder with a MaskFormer mask-classification head (``maskformer.py``);
     E = ``model.rep_dim``, N = ``model.num_queries``, decoder ``model.dec_*``."""
@@ -54,7 +66,7 @@ def build_maskformer(mcfg, num_classes: int) -> nn.Module:
                           tuple(mcfg.aspp_rates), memory=mcfg.dec_memory, masked_attention=mcfg.masked_attention)
 
 
-@register_model("segformer")
+@register_model("segformer", reads=("encoder", "drop_path", "pretrained", "decoder_dim", "input_scale"))
 def build_segformer(mcfg, num_classes: int) -> nn.Module:
     """SegFormer on MiT ``model.encoder`` (``mit_b0`` .. ``mit_b5``), see ``segformer.py``.
 
@@ -73,5 +85,5 @@ def build_model(mcfg, num_classes: int) -> nn.Module:
     return _BUILDERS[mcfg.name](mcfg, num_classes)
 
 
-__all__ = ["build_model", "register_model", "DeepLabV3Plus", "MaskFormerHead", "ResNetEncoder", "SmallEncoder",
-           "WeightsError", "load_encoder_weights", "SegFormer", "MiTEncoder", "load_mit_weights"]
+__all__ = ["build_model", "register_model", "network_fields", "DeepLabV3Plus", "MaskFormerHead", "ResNetEncoder",
+           "SmallEncoder", "WeightsError", "load_encoder_weights", "SegFormer", "MiTEncoder", "load_mit_weights"]

@@ -5,9 +5,9 @@
 
 For each case (a preset plus overrides) the script builds the method exactly as the
 trainer does (``build_method``, ``build_optimizer``, bf16 autocast and channels_last on
-CUDA) and times the trainer's iteration: ``train_step`` on the shared labeled and
-unlabeled batch, the sum of the ``loss*`` entries, ``zero_grad``, ``backward``, optional
-gradient clipping, ``optimizer.step`` and ``after_step`` (the EMA update).
+CUDA) and times the trainer's own ``training_step`` on the shared labeled and unlabeled
+batch: ``train_step``, the sum of the ``loss*`` entries, ``backward``, clipping,
+``optimizer.step`` and ``after_step`` (the EMA update).
 
 * Step time: median over ``--repeats`` steps after ``--warmup`` steps, all cases in one
   process, interleaved round by round (the order rotates), so a load change on a shared
@@ -180,16 +180,10 @@ class Step:
         self.method.train()
 
     def __call__(self) -> None:
-        from s4kit.engine.trainer import clip_gradients
+        from s4kit.engine.trainer import training_step
 
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            out = self.method.train_step(self.labeled, self.unlabeled)
-        total = sum(v.float() for k, v in out.items() if k.startswith("loss"))
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        clip_gradients(self.method, self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.method.after_step(self.iteration)
+        training_step(self.method, self.optimizer, self.labeled, self.unlabeled, self.iteration,
+                      self.cfg.optim.grad_clip, self.amp, self.method.extra_parameters())
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 

@@ -348,6 +348,37 @@ def load_method_state(method, state: dict, source: str | Path = "checkpoint") ->
                               "was it written by another method or model?") from None
 
 
+def training_step(method, optimizer, labeled: dict, unlabeled: dict | None, iteration: int,
+                  grad_clip: float | None = None, amp: bool = False, extras: list | tuple = (),
+                  where: str = "") -> tuple[dict, torch.Tensor]:
+    """One optimisation step of the trainer (the benchmarks time exactly this).
+
+    ``method.train_step`` (under bf16 autocast if ``amp``), L = the sum of its ``loss*``
+    entries, ``backward`` (DDP averages the student's gradients on the way), the gradients of
+    the ``extras`` (extra heads outside DDP) averaged over ranks, clipping of every trainable
+    parameter at ``grad_clip``, ``optimizer.step`` and ``method.after_step`` (the EMA update).
+
+    Returns ``(outputs of train_step, L)``. Raises ``NonFiniteLossError`` naming the
+    iteration and the non-finite losses (``where`` is appended) before any weight changes.
+    """
+    method.iteration = iteration
+    device_type = next(method.parameters()).device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        out = method.train_step(labeled, unlabeled)
+    losses = {k: v for k, v in out.items() if k.startswith("loss")}
+    total = sum(v.float() for v in losses.values())
+    if not torch.isfinite(total):
+        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach())}
+        raise NonFiniteLossError(f"iteration {iteration}: non-finite loss {bad}{where}")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    dist.average_gradients(extras)
+    clip_gradients(method, grad_clip)
+    optimizer.step()
+    method.after_step(iteration)
+    return out, total
+
+
 def build_checked(cfg):
     """``build_method(cfg)``, with the option checks of method and model constructors (``ValueError``)
     turned into ``ConfigError`` so the command line prints them as one line."""
@@ -483,23 +514,10 @@ def _train(cfg, method, device: torch.device, progress: bool) -> dict:
         lr = poly_lr(o.lr, t, T, o.power, o.min_lr, o.warmup_iters)
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        method.iteration = t
         labeled = _to_device(next(labeled_it), device, channels_last)
         unlabeled = _to_device(next(unlabeled_it), device, channels_last) if unlabeled_it is not None else None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = method.train_step(labeled, unlabeled)
-        losses = {k: v for k, v in out.items() if k.startswith("loss")}
-        total = sum(v.float() for v in losses.values())
-        if not torch.isfinite(total):
-            bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach())}
-            raise NonFiniteLossError(f"iteration {t}: non-finite loss {bad} in run {run_dir} "
-                                     f"({_healthy(ckpt_path, saved_step)})")
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()  # DDP averages the student's gradients on the way
-        dist.average_gradients(extras)
-        clip_gradients(method, o.grad_clip)
-        optimizer.step()
-        method.after_step(t)
+        out, total = training_step(method, optimizer, labeled, unlabeled, t, o.grad_clip, amp, extras,
+                                   where=f" in run {run_dir} ({_healthy(ckpt_path, saved_step)})")
         for k, v in out.items():
             window.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
         window.setdefault("loss", []).append(float(total.detach()))

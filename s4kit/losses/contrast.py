@@ -41,6 +41,14 @@ def flatten_pixels(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor)
     return flat, labels[keep]
 
 
+def pixels_and_classes(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor):
+    """``flatten_pixels`` plus the classes present: ``(reps (N, D), labels (N,), classes (n,))``,
+    with ``classes`` None when fewer than two classes are present (no contrast possible)."""
+    reps, lab = flatten_pixels(rep, labels, valid)
+    classes = torch.unique(lab) if lab.numel() else None
+    return reps, lab, classes if classes is not None and len(classes) > 1 else None
+
+
 def own_class_scores(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Each kept pixel's score for its own class, in ``flatten_pixels``' order (detached).
 
@@ -173,11 +181,8 @@ def reco_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, prob
     classes are present or no class has a hard anchor.
     """
     zero = rep.sum() * 0.0
-    reps, lab = flatten_pixels(rep, labels, valid)
-    if lab.numel() == 0:
-        return zero
-    classes = torch.unique(lab)
-    if len(classes) <= 1:
+    reps, lab, classes = pixels_and_classes(rep, labels, valid)
+    if classes is None:
         return zero
     with torch.no_grad():
         p_label = own_class_scores(prob, labels, valid)

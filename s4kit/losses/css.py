@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..labels import IGNORE_INDEX
-from .contrast import flatten_pixels, hard_anchor_contrast, own_class_scores
+from .contrast import hard_anchor_contrast, own_class_scores, pixels_and_classes
 from .ramps import gaussian_rampdown
 
 
@@ -166,11 +166,8 @@ def css_contrast_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
     classes are present or no class has a hard anchor.
     """
     zero = rep.sum() * 0.0
-    reps, lab = flatten_pixels(rep.float(), labels, valid)
-    if lab.numel() == 0:
-        return zero
-    classes = torch.unique(lab)
-    if len(classes) <= 1:
+    reps, lab, classes = pixels_and_classes(rep.float(), labels, valid)
+    if classes is None:
         return zero
     with torch.no_grad():
         j = own_class_scores(indicator, labels, valid)

@@ -55,7 +55,7 @@ def overlays(path, images: list[np.ndarray], targets: list[np.ndarray], preds: l
                 ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def per_class_iou(path, names: list[str], ious: list[float], title: str = "") -> Path:
@@ -70,7 +70,7 @@ def per_class_iou(path, names: list[str], ious: list[float], title: str = "") ->
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tsne_scatter(path, embedding: np.ndarray, labels: np.ndarray, names: list[str], dataset: str,
@@ -104,7 +104,7 @@ def tsne_scatter(path, embedding: np.ndarray, labels: np.ndarray, names: list[st
     if own:
         ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
         fig.tight_layout()
-        return _save(fig, path)
+        return save_figure(fig, path)
     return None
 
 
@@ -121,12 +121,13 @@ def curves(path, rows: list[dict], keys: list[str], title: str = "", ylabel: str
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
-def _save(fig, path) -> Path:
+def save_figure(fig, path, dpi: int = 110) -> Path:
+    """Write ``fig`` to ``path`` (folders made, written atomically) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_savefig(fig, path, dpi=110)
+    atomic_savefig(fig, path, dpi=dpi)
     plt.close(fig)
     return path

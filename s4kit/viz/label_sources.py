@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .figures import _save, plt
+from .figures import plt, save_figure
 
 SOURCES = ("logit", "rep", "mix")
 
@@ -52,4 +52,4 @@ def label_source_figure(run_dir: str | Path, path: str | Path | None = None, sou
     axes[0].set_title(f"{run_dir.name}: precision above the threshold", fontsize=9)
     axes[1].set_title("coverage: share of pixels above it", fontsize=9)
     fig.tight_layout()
-    return _save(fig, path or run_dir / "figures" / "label_sources.png")
+    return save_figure(fig, path or run_dir / "figures" / "label_sources.png")

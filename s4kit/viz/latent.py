@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from ..data.palette import palette_array
-from ..io import atomic_savefig
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -121,7 +120,7 @@ def sigma_sizes(snapshot: dict) -> np.ndarray | None:
 
 def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str = "") -> Path:
     """One panel per snapshot in a single embedding (``embed_snapshots``)."""
-    from .figures import use_headless_backend
+    from .figures import save_figure, use_headless_backend
 
     use_headless_backend()
     import matplotlib.pyplot as plt
@@ -137,17 +136,13 @@ def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str =
         ax.set_title(f"iteration {it}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def comparison_figure(path, panels: list[dict], names, dataset) -> Path:
     """Final embeddings side by side: each panel dict has ``title``, ``points``, ``prototypes``,
     ``labels``, ``pred`` and optional ``sizes``."""
-    from .figures import use_headless_backend
+    from .figures import save_figure, use_headless_backend
 
     use_headless_backend()
     import matplotlib.pyplot as plt
@@ -164,8 +159,4 @@ def comparison_figure(path, panels: list[dict], names, dataset) -> Path:
     fig.suptitle("final val-pixel representations (t-SNE); stars: prototypes; red rings: wrong predictions",
                  fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_savefig(fig, path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

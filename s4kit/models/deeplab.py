@@ -20,7 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _cbr(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
+def conv_bn_relu(cin: int, cout: int, k: int = 1, dilation: int = 1) -> nn.Sequential:
+    """k x k convolution (no bias, "same" padding, dilation) -> BatchNorm -> ReLU."""
     pad = dilation * (k // 2)
     return nn.Sequential(nn.Conv2d(cin, cout, k, padding=pad, dilation=dilation, bias=False),
                          nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
@@ -35,9 +36,9 @@ class ASPP(nn.Module):
 
     def __init__(self, cin: int, cout: int, rates: tuple[int, int, int]):
         super().__init__()
-        self.branches = nn.ModuleList([_cbr(cin, cout, 1)] + [_cbr(cin, cout, 3, r) for r in rates])
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), _cbr(cin, cout, 1))
-        self.project = _cbr(5 * cout, cout, 1)
+        self.branches = nn.ModuleList([conv_bn_relu(cin, cout, 1)] + [conv_bn_relu(cin, cout, 3, r) for r in rates])
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), conv_bn_relu(cin, cout, 1))
+        self.project = conv_bn_relu(5 * cout, cout, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -46,10 +47,40 @@ class ASPP(nn.Module):
 
 def head(cin: int, hidden: int, cout: int) -> nn.Sequential:
     """The classifier / representation head: 3x3 conv-BN-ReLU then a 1x1 conv with bias."""
-    return nn.Sequential(_cbr(cin, hidden, 3), nn.Conv2d(hidden, cout, 1))
+    return nn.Sequential(conv_bn_relu(cin, hidden, 3), nn.Conv2d(hidden, cout, 1))
 
 
-class DeepLabV3Plus(nn.Module):
+class DeepLabTrunk(nn.Module):
+    """The DeepLabV3+ encoder-decoder shared by the per-pixel head (``DeepLabV3Plus``) and the
+    mask-classification head (``maskformer.MaskFormerHead``).
+
+        a = ASPP(high),   f = [upsample(a) ; reduce(low)]   (bilinear, ``align_corners=True``)
+
+    Args: ``encoder`` returning ``(low, high)`` with ``low_channels``/``high_channels``;
+    aspp_channels, low_channels: C_a, C_l; aspp_rates: the three atrous rates.
+    """
+
+    def __init__(self, encoder: nn.Module, aspp_channels: int = 256, low_channels: int = 48,
+                 aspp_rates: tuple[int, int, int] = (6, 12, 18)):
+        super().__init__()
+        self.encoder = encoder
+        self.aspp = ASPP(encoder.high_channels, aspp_channels, tuple(aspp_rates))
+        self.reduce = conv_bn_relu(encoder.low_channels, low_channels, 1)
+        self.feat_channels = aspp_channels + low_channels
+
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f (B, C_a + C_l, H/4, W/4), a (B, C_a, H/OS, W/OS))`` of images x (B, 3, H, W)."""
+        low, high = self.encoder(x)
+        a = self.aspp(high)
+        f = torch.cat([F.interpolate(a, size=low.shape[-2:], mode="bilinear", align_corners=True), self.reduce(low)], 1)
+        return f, a
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder feature f (B, C_f, H/4, W/4)."""
+        return self.trunk(x)[0]
+
+
+class DeepLabV3Plus(DeepLabTrunk):
     """DeepLabV3+ returning logits, representations and the decoder feature at stride 4.
 
     Args:
@@ -67,20 +98,10 @@ class DeepLabV3Plus(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_classes: int, rep_dim: int = 256, aspp_channels: int = 256,
                  low_channels: int = 48, head_channels: int = 256, aspp_rates: tuple[int, int, int] = (6, 12, 18)):
-        super().__init__()
-        self.encoder = encoder
-        self.aspp = ASPP(encoder.high_channels, aspp_channels, tuple(aspp_rates))
-        self.reduce = _cbr(encoder.low_channels, low_channels, 1)
-        self.feat_channels = aspp_channels + low_channels
+        super().__init__(encoder, aspp_channels, low_channels, aspp_rates)
         self.classifier = head(self.feat_channels, head_channels, num_classes)
         self.representation = head(self.feat_channels, head_channels, rep_dim)
         self.num_classes, self.rep_dim = num_classes, rep_dim
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder feature f (B, C_f, H/4, W/4)."""
-        low, high = self.encoder(x)
-        a = F.interpolate(self.aspp(high), size=low.shape[-2:], mode="bilinear", align_corners=True)
-        return torch.cat([a, self.reduce(low)], dim=1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.decode(x)

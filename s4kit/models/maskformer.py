@@ -49,7 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .deeplab import ASPP, _cbr
+from .deeplab import DeepLabTrunk, conv_bn_relu
 
 LOG_EPS = 1e-6  # floor of S before the log that turns semantic masks into ``logits``
 
@@ -130,7 +130,7 @@ def masked_attention_mask(mask_logits: torch.Tensor, size: tuple[int, int], head
     return blocked.repeat_interleave(heads, 0)
 
 
-class MaskFormerHead(nn.Module):
+class MaskFormerHead(DeepLabTrunk):
     """DeepLabV3+ encoder/decoder with a mask-classification head (see the module docstring).
 
     Args:
@@ -158,15 +158,11 @@ class MaskFormerHead(nn.Module):
                  aspp_channels: int = 256, low_channels: int = 48, head_channels: int = 256,
                  aspp_rates: tuple[int, int, int] = (6, 12, 18), memory: str = "aspp",
                  masked_attention: bool = False):
-        super().__init__()
         if memory not in ("aspp", "pixel"):
             raise ValueError(f"model.dec_memory={memory!r}: expected aspp or pixel")
+        super().__init__(encoder, aspp_channels, low_channels, aspp_rates)
         self.memory, self.masked_attention, self.dec_heads = memory, masked_attention, dec_heads
-        self.encoder = encoder
-        self.aspp = ASPP(encoder.high_channels, aspp_channels, tuple(aspp_rates))
-        self.reduce = _cbr(encoder.low_channels, low_channels, 1)
-        self.feat_channels = aspp_channels + low_channels
-        self.pixel_embed = nn.Sequential(_cbr(self.feat_channels, head_channels, 3), nn.Conv2d(head_channels, mask_dim, 1))
+        self.pixel_embed = nn.Sequential(conv_bn_relu(self.feat_channels, head_channels, 3), nn.Conv2d(head_channels, mask_dim, 1))
         self.memory_proj = nn.Conv2d(aspp_channels, mask_dim, 1) if memory == "aspp" else nn.Identity()
         self.query_pos = nn.Embedding(num_queries, mask_dim)
         self.query_feat = nn.Embedding(num_queries, mask_dim) if masked_attention else None
@@ -185,9 +181,7 @@ class MaskFormerHead(nn.Module):
         return self.class_head(q), torch.einsum("bne,behw->bnhw", self.mask_head(q), pix)
 
     def forward(self, x: torch.Tensor) -> dict:
-        low, high = self.encoder(x)
-        a = self.aspp(high)
-        f = torch.cat([F.interpolate(a, size=low.shape[-2:], mode="bilinear", align_corners=True), self.reduce(low)], 1)
+        f, a = self.trunk(x)  # the DeepLabV3+ decoder feature and the ASPP output
         pix = self.pixel_embed(f)
         b = x.shape[0]
         grid = self.memory_proj(a) if self.memory == "aspp" else pix

@@ -21,6 +21,7 @@ import random
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -466,7 +467,81 @@ def train(cfg, progress: bool = True) -> dict:
             lock.release()
 
 
-def _train(cfg, method, device: torch.device, progress: bool) -> dict:
+@dataclass
+class Progress:
+    """What a run carries from iteration to iteration and across a resume."""
+
+    start: int = 0  # the first iteration to run
+    best: dict = field(default_factory=lambda: {"miou": -1.0, "iter": 0})
+    train_seconds: float = 0.0
+    window: dict = field(default_factory=dict)  # loss values of the iterations since the last log row
+    saved_step: int | None = None  # iteration of the last checkpoint known to be healthy
+    tick: float = field(default_factory=time.time)
+
+    def clock(self) -> None:
+        """Add the time since the last tick to ``train_seconds``."""
+        now = time.time()
+        self.train_seconds += now - self.tick
+        self.tick = now
+
+
+def resume(method, optimizer, state: dict | None, ckpt_path: Path) -> Progress:
+    """Restore weights, optimiser, counters and this rank's RNG streams from ``state`` (the
+    content of ``last.pt``); a fresh ``Progress`` when there is none. Raises ``CheckpointError``
+    when the checkpoint does not fit the method or the optimiser."""
+    if state is None:
+        return Progress()
+    load_method_state(method, state["method"], ckpt_path)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{ckpt_path}: optimizer state does not fit ({_first_line(exc)})") from None
+    _set_rng_state(_resume_rng(state, dist.rank(), dist.world_size()))
+    if dist.rank() == 0:
+        print(f"resuming {ckpt_path.parent.parent} from iteration {state['step']}", file=sys.stderr)
+    return Progress(start=state["step"], best=state.get("best", Progress().best),
+                    train_seconds=state.get("train_seconds", 0.0), window=state.get("log_window", {}),
+                    saved_step=state["step"])
+
+
+def log_row(cfg, method, device, progress: Progress, step: int, lr: float) -> dict:
+    """The ``log.csv`` row of ``step``: learning rate, the mean of every logged value since the
+    last row, throughput, and the val mIoU when ``train.eval_every`` says so."""
+    progress.clock()
+    row = {"iter": step, "lr": lr, **{k: float(np.mean(v)) for k, v in progress.window.items()},
+           "images_per_second": _images_per_iter(cfg, method) * step / max(progress.train_seconds, 1e-9)}
+    progress.window = {}
+    if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.iters:
+        row["val_miou"] = _evaluate(cfg, method, device)["miou"]
+        if row["val_miou"] > progress.best["miou"]:
+            progress.best = {"miou": row["val_miou"], "iter": step}
+        progress.tick = time.time()  # evaluation is not training time
+    return row
+
+
+def checkpoint(method, optimizer, progress: Progress, step: int, ckpt_path: Path, snapshot_seconds: float) -> None:
+    """Save ``last.pt`` at ``step`` (rank 0), only if every weight and optimiser state is finite.
+
+    Raises ``NonFiniteLossError`` naming the poisoned tensors and the last healthy checkpoint."""
+    progress.clock()
+    dist.broadcast_state(method, buffers_only=True)  # every rank holds the saved model
+    extra = {"best": progress.best, "train_seconds": progress.train_seconds, "log_window": progress.window,
+             "snapshot_seconds": snapshot_seconds}
+    if dist.world_size() > 1:  # each rank draws its own augmentations and samples: keep every stream
+        extra["rng_per_rank"] = dist.all_gather_object(_rng_state())
+    poisoned = non_finite_tensors(method, optimizer)
+    if poisoned:
+        raise NonFiniteLossError(f"iteration {step}: non-finite values in {len(poisoned)} tensor(s) "
+                                 f"({', '.join(poisoned[:3])}) in run {ckpt_path.parent.parent}; not saved "
+                                 f"({_healthy(ckpt_path, progress.saved_step)})")
+    if dist.rank() == 0:
+        save_checkpoint(ckpt_path, method, optimizer, step, extra)
+    progress.saved_step = step
+
+
+def _train(cfg, method, device: torch.device, show_progress: bool) -> dict:
+    """The loop: prepare the folder, resume, then per iteration: lr, batches, ``training_step``,
+    snapshot, log row, checkpoint; then ``finalize``."""
     rank, world = dist.rank(), dist.world_size()
     run_dir, state = prepare_run_dir(cfg, device)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -479,25 +554,10 @@ def _train(cfg, method, device: torch.device, progress: bool) -> dict:
         dist.broadcast_state(method)  # the teacher, extra heads and buffers start as rank 0's
     extras = method.extra_parameters()  # gradients averaged after backward (see wrap_distributed)
     optimizer = build_optimizer(cfg, checked_param_groups(method))
+    run = resume(method, optimizer, state, ckpt_path)
+    log = CSVLog(run_dir / "log.csv", keep_until=run.start, enabled=rank == 0)
 
-    start, best, train_seconds = 0, {"miou": -1.0, "iter": 0}, 0.0
-    window: dict[str, list[float]] = {}
-    saved_step = None  # iteration of the last checkpoint known to be healthy
-    if state is not None:
-        load_method_state(method, state["method"], ckpt_path)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise CheckpointError(f"{ckpt_path}: optimizer state does not fit ({_first_line(exc)})") from None
-        saved_step = state["step"]
-        start, best, train_seconds = state["step"], state.get("best", best), state.get("train_seconds", 0.0)
-        window = state.get("log_window", {})  # losses of iterations since the last log row
-        _set_rng_state(_resume_rng(state, rank, world))
-        if rank == 0:
-            print(f"resuming {run_dir} from iteration {start}", file=sys.stderr)
-    log = CSVLog(run_dir / "log.csv", keep_until=start, enabled=rank == 0)
-
-    labeled_it, unlabeled_it = build_train_streams(cfg, start, rank, world, need_unlabeled=method.uses_unlabeled)
+    labeled_it, unlabeled_it = build_train_streams(cfg, run.start, rank, world, need_unlabeled=method.uses_unlabeled)
     amp = device.type == "cuda" and cfg.train.amp
     o, T = cfg.optim, cfg.train.iters
     from tqdm.auto import tqdm
@@ -506,9 +566,9 @@ def _train(cfg, method, device: torch.device, progress: bool) -> dict:
         if rank == 0 and cfg.viz.snapshots else None
     if snap is not None and state is not None:
         snap.seconds = state.get("snapshot_seconds", 0.0)
-    bar = tqdm(range(start, T), initial=start, total=T, desc=f"{cfg.method.name}", disable=not (progress and rank == 0),
-               mininterval=2.0, dynamic_ncols=True)
-    tick = time.time()
+    bar = tqdm(range(run.start, T), initial=run.start, total=T, desc=f"{cfg.method.name}",
+               disable=not (show_progress and rank == 0), mininterval=2.0, dynamic_ncols=True)
+    run.tick = time.time()
     method.train()
     for t in bar:
         lr = poly_lr(o.lr, t, T, o.power, o.min_lr, o.warmup_iters)
@@ -517,45 +577,22 @@ def _train(cfg, method, device: torch.device, progress: bool) -> dict:
         labeled = _to_device(next(labeled_it), device, channels_last)
         unlabeled = _to_device(next(unlabeled_it), device, channels_last) if unlabeled_it is not None else None
         out, total = training_step(method, optimizer, labeled, unlabeled, t, o.grad_clip, amp, extras,
-                                   where=f" in run {run_dir} ({_healthy(ckpt_path, saved_step)})")
+                                   where=f" in run {run_dir} ({_healthy(ckpt_path, run.saved_step)})")
         for k, v in out.items():
-            window.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
-        window.setdefault("loss", []).append(float(total.detach()))
+            run.window.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
+        run.window.setdefault("loss", []).append(float(total.detach()))
         step = t + 1
         if snap is not None:
             snap(step)
         if step % cfg.train.log_every == 0 or step == T:
-            now = time.time()
-            train_seconds += now - tick
-            tick = now
-            row = {"iter": step, "lr": lr, **{k: float(np.mean(v)) for k, v in window.items()},
-                   "images_per_second": _images_per_iter(cfg, method) * step / max(train_seconds, 1e-9)}
-            window = {}
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != T:
-                row["val_miou"] = _evaluate(cfg, method, device)["miou"]
-                if row["val_miou"] > best["miou"]:
-                    best = {"miou": row["val_miou"], "iter": step}
-                tick = time.time()
+            row = log_row(cfg, method, device, run, step, lr)
             log.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
         if step % cfg.train.checkpoint_every == 0 or step == T:
-            train_seconds += time.time() - tick
-            tick = time.time()
-            dist.broadcast_state(method, buffers_only=True)  # every rank holds the saved model
-            extra = {"best": best, "train_seconds": train_seconds, "log_window": window,
-                     "snapshot_seconds": snap.seconds if snap is not None else 0.0}
-            if world > 1:  # each rank draws its own augmentations and samples: keep every stream
-                extra["rng_per_rank"] = dist.all_gather_object(_rng_state())
-            poisoned = non_finite_tensors(method, optimizer)
-            if poisoned:
-                raise NonFiniteLossError(f"iteration {step}: non-finite values in {len(poisoned)} tensor(s) "
-                                         f"({', '.join(poisoned[:3])}) in run {run_dir}; not saved "
-                                         f"({_healthy(ckpt_path, saved_step)})")
-            if rank == 0:
-                save_checkpoint(ckpt_path, method, optimizer, step, extra)
-            saved_step = step
+            checkpoint(method, optimizer, run, step, ckpt_path, snap.seconds if snap is not None else 0.0)
     bar.close()
-    return finalize(cfg, method, device, run_dir, best, train_seconds, snap.seconds if snap is not None else 0.0)
+    return finalize(cfg, method, device, run_dir, run.best, run.train_seconds,
+                    snap.seconds if snap is not None else 0.0)
 
 
 def _healthy(ckpt_path: Path, step: int | None) -> str:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import S4kitError
+from .errors import S4kitError, first_line as _first_line
 from omegaconf.errors import OmegaConfBaseException
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -53,7 +53,7 @@ class DataConfig:
 
 @dataclass
 class AugmentConfig:
-    """Photometric ("strong") augmentation; reference/substrate.md §4.2 (UniMatch column)."""
+    """Photometric ("strong") augmentation; docs/methods/substrate.md §4.2 (UniMatch column)."""
 
     jitter_p: float = 0.8
     brightness: float = 0.5
@@ -219,11 +219,6 @@ def _quote_split_names(text: str) -> str:
     ``int("200_000") == 200000``.
     """
     return _UNDERSCORE_NUMBER.sub(lambda m: f"{m.group(1)}'{m.group(2)}'{m.group(3)}", text)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_yaml(path: Path) -> DictConfig:

@@ -197,13 +197,8 @@ def _unlabeled_rows(student_inputs, labeled_image):
     return [r for r in rows if not any(torch.allclose(r, l, atol=1e-5) for l in labeled_image)]
 
 
-@pytest.mark.parametrize("name", ["meanteacher", "reco", "css", "prcl"])
-def test_teacher_sees_the_weak_view_and_student_the_mixed_view(name, digits_root, tmp_path):
-    """With the photometric augmentation off and CutMix on, the teacher receives exactly the weak
-    unlabeled images and the student, for each unlabeled image, a mix of it and one partner from
-    the batch: it differs from the weak image (in the box) and equals it outside."""
-    _, method, labeled, unlabeled = _setup(name, digits_root, tmp_path, ["augment.mix=cutmix", *NO_PHOTOMETRIC])
-    u = unlabeled["image"]
+def _spy_one_step(method, labeled, unlabeled):
+    """One seeded ``train_step``; returns the inputs the student and the teacher received."""
     seen_s, seen_t = [], []
     hooks = [_record_inputs(method.student, seen_s), _record_inputs(method.teacher, seen_t)]
     try:
@@ -212,6 +207,17 @@ def test_teacher_sees_the_weak_view_and_student_the_mixed_view(name, digits_root
     finally:
         for h in hooks:
             h.remove()
+    return seen_s, seen_t
+
+
+@pytest.mark.parametrize("name", ["meanteacher", "reco", "css", "prcl"])
+def test_teacher_sees_the_weak_view_and_student_the_mixed_view(name, digits_root, tmp_path):
+    """With the photometric augmentation off and CutMix on, the teacher receives exactly the weak
+    unlabeled images and the student, for each unlabeled image, a mix of it and one partner from
+    the batch: it differs from the weak image (in the box) and equals it outside."""
+    _, method, labeled, unlabeled = _setup(name, digits_root, tmp_path, ["augment.mix=cutmix", *NO_PHOTOMETRIC])
+    u = unlabeled["image"]
+    seen_s, seen_t = _spy_one_step(method, labeled, unlabeled)
     assert any(torch.equal(x, u) for x in seen_t), "the teacher never received the weak unlabeled batch"
     assert not any(x.shape == u.shape and torch.allclose(x, u, atol=1e-3) for x in seen_s), \
         "the student received the weak view"
@@ -230,14 +236,7 @@ def test_student_sees_the_photometric_strong_view(name, digits_root, tmp_path):
     weak images, while the teacher gets the weak images exactly."""
     _, method, labeled, unlabeled = _setup(name, digits_root, tmp_path, ["augment.mix=none"])
     u = unlabeled["image"]
-    seen_s, seen_t = [], []
-    hooks = [_record_inputs(method.student, seen_s), _record_inputs(method.teacher, seen_t)]
-    try:
-        torch.manual_seed(0)
-        method.train_step(labeled, unlabeled)
-    finally:
-        for h in hooks:
-            h.remove()
+    seen_s, seen_t = _spy_one_step(method, labeled, unlabeled)
     assert any(torch.equal(x, u) for x in seen_t)
     rows = _unlabeled_rows(seen_s, labeled["image"])
     assert len(rows) == u.shape[0]

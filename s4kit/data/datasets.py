@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import S4kitError
+from ..errors import S4kitError, first_line as _first_line
 from .splits import check_files_exist, read_split_file
 from ..labels import CLASS_NAMES, IGNORE_INDEX  # noqa: F401  (CLASS_NAMES re-exported)
 
@@ -44,11 +44,6 @@ class DataError(S4kitError, ValueError):
 # What a damaged or hostile file raises inside Pillow: UnidentifiedImageError and truncation
 # ("image file is truncated") are OSErrors; broken PNG chunks raise SyntaxError.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import first_line as _first_line
 from .datasets import DataError
 from .palette import voc_palette
 from ..labels import CLASS_NAMES as _NAMES, IGNORE_INDEX
@@ -168,11 +169,6 @@ MARKER = ".s4kit-digits-building"  # holds the stamp while a build is in progres
 
 def _stamp(seed: int, spec: DigitsSpec) -> dict:
     return {"seed": seed, "spec": asdict(spec)}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _read_stamp(path: Path) -> dict:

@@ -30,7 +30,7 @@ import torch
 from .. import __version__, dist
 from ..io import RunLock, atomic_path, atomic_write_text, json_dumps
 from ..config import ConfigError, from_yaml, to_yaml
-from ..errors import S4kitError
+from ..errors import S4kitError, first_line
 from ..data.loaders import build_dataset, build_train_streams, n_images
 from ..methods import build_method
 from .evaluate import evaluate, pseudo_label_metrics
@@ -265,24 +265,18 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "global" in line]
-        found = lines[0].rstrip(".") if lines else _first_line(exc)
+        found = lines[0].rstrip(".") if lines else first_line(exc, sentence=True)
         raise CheckpointError(f"{path}: refused to load: it holds Python objects other than tensors and plain "
                               f"values, which could run code ({found})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         if isinstance(exc, (PermissionError, IsADirectoryError)):
             raise
-        raise CheckpointError(f"{path}: unreadable checkpoint ({_first_line(exc)}); restore it, or delete the "
-                              "run folder to start over") from None
+        raise CheckpointError(f"{path}: unreadable checkpoint ({first_line(exc, sentence=True)}); restore it, "
+                              "or delete the run folder to start over") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("method"),
                                                                                                dict):
         raise CheckpointError(f"{path}: not an s4kit checkpoint (expected a dict with 'step' and 'method')")
     return state
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first sentence of an exception's message (its type name if it has none)."""
-    text = str(exc).strip()
-    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
 
 
 def non_finite_tensors(method, optimizer) -> list[str]:
@@ -344,7 +338,7 @@ def load_method_state(method, state: dict, source: str | Path = "checkpoint") ->
         else:
             k = next((k for k in own if tuple(own[k].shape) != tuple(state[k].shape)), None)
             detail = (f"{k}: shape {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model"
-                      if k else _first_line(exc))
+                      if k else first_line(exc, sentence=True))
         raise CheckpointError(f"{source}: does not fit the configured method {method.name!r} ({detail}); "
                               "was it written by another method or model?") from None
 
@@ -388,7 +382,7 @@ def build_checked(cfg):
     except ValueError as exc:
         if isinstance(exc, S4kitError):
             raise
-        raise ConfigError(_first_line(exc)) from None
+        raise ConfigError(first_line(exc, sentence=True)) from None
 
 
 def wrap_distributed(method, device: torch.device, sync_bn: bool) -> None:
@@ -495,7 +489,7 @@ def resume(method, optimizer, state: dict | None, ckpt_path: Path) -> Progress:
     try:
         optimizer.load_state_dict(state["optimizer"])
     except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"{ckpt_path}: optimizer state does not fit ({_first_line(exc)})") from None
+        raise CheckpointError(f"{ckpt_path}: optimizer state does not fit ({first_line(exc, sentence=True)})") from None
     _set_rng_state(_resume_rng(state, dist.rank(), dist.world_size()))
     if dist.rank() == 0:
         print(f"resuming {ckpt_path.parent.parent} from iteration {state['step']}", file=sys.stderr)

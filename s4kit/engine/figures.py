@@ -18,33 +18,20 @@ import torch
 
 from ..data.loaders import build_dataset
 from ..losses.contrast import class_means
-from ..methods.base import downsample_labels
 from ..viz import figures as F
 from ..viz.tsne import sample_pixels, tsne_embed
 from .logger import read_log
+from .snapshots import forward_val_pixels
 
 
-@torch.no_grad()
 def collect_val_pixels(cfg, method, device, max_images: int = 256) -> dict:
-    """Representations (N, D), labels (N,) and predictions (N,) of val pixels on the head grid."""
+    """Representations (N, D), labels (N,) and predictions (N,) of every head-grid pixel of
+    the first ``max_images`` val images (``snapshots.forward_val_pixels``, flattened)."""
     val = build_dataset(cfg, "val", train=False)
-    reps, labels, preds = [], [], []
-    method.eval()
-    try:
-        for i in range(min(len(val), max_images)):
-            s = val[i]
-            out = method.forward_eval(s["image"][None].to(device))
-            rep = out[method.representation_key][0].float()
-            size = rep.shape[-2:]
-            y = downsample_labels(s["mask"][None], size)[0]
-            p = torch.nn.functional.interpolate(out["logits"].float(), size=tuple(size), mode="bilinear",
-                                                align_corners=True).argmax(1)[0]
-            reps.append(rep.flatten(1).T.cpu())
-            labels.append(y.flatten())
-            preds.append(p.flatten().cpu())
-    finally:
-        method.train()
-    return {"rep": torch.cat(reps), "label": torch.cat(labels), "pred": torch.cat(preds)}
+    fw = forward_val_pixels(method, device, val, range(min(len(val), max_images)))
+    return {"rep": torch.cat([r.flatten(1).T for r in fw["rep"]]),
+            "label": torch.cat([y.flatten() for y in fw["label"]]),
+            "pred": torch.cat([p.flatten() for p in fw["pred"]])}
 
 
 def tsne_figure(cfg, method, device, path: Path, names: list[str], title: str) -> Path:

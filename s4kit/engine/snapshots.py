@@ -35,8 +35,20 @@ def snapshot_iterations(total: int, n: int) -> list[int]:
 
 
 @torch.no_grad()
-def _forward_images(cfg, method, device, images: list[int], dataset) -> dict:
-    """Representations, predictions, confidences and extras of val images on the head grid."""
+def forward_val_pixels(method, device, dataset, images) -> dict:
+    """The one val-pixel forward of s4kit (run t-SNE, snapshots): every pixel of the head grid.
+
+    Args:
+        method: a ``Method`` (put in eval mode for the forward, train mode after).
+        dataset: val dataset of ``{"image": float (3, H, W), "mask": int64 (H, W)}``.
+        images: indices into ``dataset``.
+
+    Returns lists with one entry per image: ``rep`` float (D, h, w) from
+    ``method.representation_key``, ``pred`` int64 (h, w) and ``conf`` float (h, w) (argmax and
+    max of the softmax of the logits resized to the head grid h x w), ``label`` int64 (h, w)
+    (mask downsampled by majority vote, 255 = ignore), and ``extras`` {name: [(h, w), ...]}
+    from ``method.snapshot_extras`` (PRCL's sigma^2). All on the CPU.
+    """
     out_rep, out_pred, out_conf, out_label, extras = [], [], [], [], {}
     method.eval()
     try:
@@ -63,7 +75,7 @@ def _forward_images(cfg, method, device, images: list[int], dataset) -> dict:
 def choose_pixels(cfg, method, device, dataset) -> dict:
     """The run's fixed pixel sample: class-balanced over true labels, seeded by ``train.seed``."""
     images = list(range(min(cfg.viz.snapshot_images, len(dataset))))
-    fw = _forward_images(cfg, method, device, images, dataset)
+    fw = forward_val_pixels(method, device, dataset, images)
     coords, labels = [], []
     for k, lab in zip(images, fw["label"]):
         h, w = lab.shape
@@ -80,7 +92,7 @@ def choose_pixels(cfg, method, device, dataset) -> dict:
 def take_snapshot(cfg, method, device, dataset, pixels: dict, path: Path) -> Path:
     """Write one ``iter_NNNNNN.npz`` for the sampled ``pixels``."""
     images = sorted(set(pixels["image"].tolist()))
-    fw = _forward_images(cfg, method, device, images, dataset)
+    fw = forward_val_pixels(method, device, dataset, images)
     where = {k: j for j, k in enumerate(images)}
     j = np.array([where[k] for k in pixels["image"]])
     r, c = pixels["row"].astype(np.int64), pixels["col"].astype(np.int64)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.palette import palette_array
+from .figures import ERROR_COLOUR, class_colours, scatter_with_prototypes
 from .latent import embed_snapshots, sigma_sizes
 
 COLOURINGS = ("true class", "prediction", "error", "sigma2")
@@ -52,8 +52,7 @@ def view_data(run: dict, classes: list[int] | None, snapshot: int, colouring: st
     snap = run["snaps"][snapshot][1]
     keep = np.ones(len(labels), bool) if classes is None else np.isin(labels, classes)
     names = run["info"]["names"]
-    pal = palette_array(run["info"]["dataset"], len(names)) / 255.0
-    pal = np.where(pal.sum(1, keepdims=True) > 0, pal, 0.35)
+    pal = class_colours(run["info"]["dataset"], len(names))
     pred = snap["pred"].astype(np.int64)
     sizes = np.full(len(labels), 6.0)
     if colouring == "true class":
@@ -61,7 +60,7 @@ def view_data(run: dict, classes: list[int] | None, snapshot: int, colouring: st
     elif colouring == "prediction":
         colours = pal[pred]
     elif colouring == "error":
-        colours = np.where((pred != labels)[:, None], [[0.85, 0.1, 0.1]], [[0.75, 0.75, 0.75]])
+        colours = np.where((pred != labels)[:, None], [ERROR_COLOUR], [[0.75, 0.75, 0.75]])
     else:
         s = sigma_sizes(snap)
         if s is None:
@@ -75,8 +74,8 @@ def view_data(run: dict, classes: list[int] | None, snapshot: int, colouring: st
     shown = protos.copy()
     if classes is not None:
         shown[~np.isin(np.arange(len(protos)), classes)] = np.nan
-    return {"iteration": it, "points": pts[keep], "colours": colours[keep], "sizes": sizes[keep],
-            "prototypes": shown, "proto_colours": pal[: len(protos)]}
+    return {"iteration": it, "points": pts[keep], "labels": labels[keep], "colours": colours[keep],
+            "sizes": sizes[keep], "prototypes": shown}
 
 
 def render_view(runs: dict, method: str, classes: list[int] | None = None, snapshot: int = -1,
@@ -89,11 +88,9 @@ def render_view(runs: dict, method: str, classes: list[int] | None = None, snaps
     v = view_data(runs[method], classes, snapshot, colouring)
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 5))
-    ax.scatter(v["points"][:, 0], v["points"][:, 1], c=v["colours"], s=v["sizes"], linewidths=0, alpha=0.8)
-    for k, (x, y) in enumerate(v["prototypes"]):
-        if np.isfinite(x):
-            ax.scatter([x], [y], marker="*", s=220, color=v["proto_colours"][k], edgecolors="black", linewidths=1)
-    ax.set_xticks([]), ax.set_yticks([])
+    info = runs[method]["info"]
+    scatter_with_prototypes(ax, v["points"], v["labels"], info["names"], info["dataset"], v["prototypes"],
+                            sizes=v["sizes"], colours=v["colours"])
     ax.set_title(f"{method} | iteration {v['iteration']} | {colouring}", fontsize=9)
     return ax
 

@@ -73,39 +73,63 @@ def per_class_iou(path, names: list[str], ious: list[float], title: str = "") ->
     return save_figure(fig, path)
 
 
-def tsne_scatter(path, embedding: np.ndarray, labels: np.ndarray, names: list[str], dataset: str,
-                 prototypes: np.ndarray | None = None, wrong: np.ndarray | None = None, title: str = "",
-                 sizes: np.ndarray | None = None, ax=None) -> Path | None:
-    """Scatter of a 2-D embedding coloured by class; prototypes as large outlined stars.
+ERROR_COLOUR = (0.85, 0.1, 0.1)  # wrongly predicted pixels: rings, error colouring
 
-    ``wrong`` (bool (N,)) draws misclassified pixels with a red edge; ``sizes`` sets marker
-    sizes (e.g. PRCL's sigma^2). With ``ax`` given, draws into it and returns None.
+
+def class_colours(dataset: str, num_classes: int) -> np.ndarray:
+    """float (num_classes, 3) in [0, 1]: the dataset palette's class colours, with black
+    (VOC background, unused Cityscapes rows) drawn mid-grey so it shows on white."""
+    pal = palette_array(dataset, num_classes)[:num_classes] / 255.0
+    return np.where(pal.sum(1, keepdims=True) > 0, pal, 0.35)
+
+
+def scatter_with_prototypes(ax, points: np.ndarray, labels: np.ndarray, names: list[str], dataset: str,
+                            prototypes: np.ndarray | None = None, wrong: np.ndarray | None = None,
+                            sizes=None, colours: np.ndarray | None = None, legend: bool = False) -> None:
+    """The one scatter of embedded pixels in s4kit (run t-SNE, latent evolution, explorer).
+
+    Args:
+        ax: matplotlib Axes to draw into.
+        points: float (N, 2) embedded pixels; labels: int (N,) their true classes.
+        names: class names (K,); dataset: palette (``digits``, ``pascal``, ``cityscapes``).
+        prototypes: float (K, 2) embedded class prototypes, NaN rows for absent classes;
+            drawn as large outlined stars in their class colour.
+        wrong: bool (N,) pixels drawn with a red ring (wrongly predicted).
+        sizes: marker size (scalar or (N,)), e.g. PRCL's sigma^2; default 6.
+        colours: float (N, 3) per-point colours replacing the class colours (prediction,
+            error or sigma^2 colouring).
+        legend: add a legend of the classes shown (and the ring, if any) right of the axes.
     """
-    pal = palette_array(dataset, len(names)) / 255.0
-    own = ax is None
-    if own:
-        fig, ax = plt.subplots(figsize=(5.5, 5))
-    s = 6 if sizes is None else sizes
-    for k in np.unique(labels):
-        sel = labels == k
-        colour = pal[k] if pal[k].sum() > 0 else np.array([0.35, 0.35, 0.35])
-        ax.scatter(embedding[sel, 0], embedding[sel, 1], s=s if np.isscalar(s) else s[sel], color=colour,
-                   label=names[k], alpha=0.7, linewidths=0)
+    pal = class_colours(dataset, len(names))
+    s = 6 if sizes is None else np.asarray(sizes)
+    if colours is None:
+        for k in np.unique(labels):
+            sel = labels == k
+            ax.scatter(points[sel, 0], points[sel, 1], s=s if np.ndim(s) == 0 else s[sel], color=pal[k],
+                       label=names[k], alpha=0.75, linewidths=0)
+    else:
+        ax.scatter(points[:, 0], points[:, 1], c=colours, s=s, linewidths=0, alpha=0.8)
     if wrong is not None and wrong.any():
-        ax.scatter(embedding[wrong, 0], embedding[wrong, 1], s=14, facecolors="none", edgecolors="red",
+        ax.scatter(points[wrong, 0], points[wrong, 1], s=14, facecolors="none", edgecolors=[ERROR_COLOUR],
                    linewidths=0.35, alpha=0.6, label="wrongly predicted")
     if prototypes is not None:
         for k, (x, y) in enumerate(prototypes):
             if np.isfinite(x):
-                colour = pal[k] if pal[k].sum() > 0 else np.array([0.35, 0.35, 0.35])
-                ax.scatter([x], [y], marker="*", s=260, color=colour, edgecolors="black", linewidths=1.2)
+                ax.scatter([x], [y], marker="*", s=240, color=pal[k], edgecolors="black", linewidths=1.1)
     ax.set_xticks([]), ax.set_yticks([])
-    ax.set_title(title, fontsize=10)
-    if own:
+    if legend:
         ax.legend(fontsize=6, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
-        fig.tight_layout()
-        return save_figure(fig, path)
-    return None
+
+
+def tsne_scatter(path, embedding: np.ndarray, labels: np.ndarray, names: list[str], dataset: str,
+                 prototypes: np.ndarray | None = None, wrong: np.ndarray | None = None, title: str = "",
+                 sizes: np.ndarray | None = None) -> Path:
+    """One-panel figure of ``scatter_with_prototypes`` with a class legend, written to ``path``."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    scatter_with_prototypes(ax, embedding, labels, names, dataset, prototypes, wrong, sizes, legend=True)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
 
 
 def curves(path, rows: list[dict], keys: list[str], title: str = "", ylabel: str = "") -> Path:

@@ -15,12 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.palette import palette_array
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from .tsne import place, tsne_embed, unit_rows
 
 
 def silhouette(reps: np.ndarray, labels: np.ndarray) -> float:
@@ -52,7 +47,7 @@ def prototype_distance(reps: np.ndarray, labels: np.ndarray, prototypes: np.ndar
     ok = np.isfinite(protos).all(1)[labels]
     if not ok.any():
         return float("nan")
-    cos = (_unit(reps[ok]) * _unit(protos[labels[ok]])).sum(1)
+    cos = (unit_rows(reps[ok]) * unit_rows(protos[labels[ok]])).sum(1)
     return float(np.mean(1 - cos))
 
 
@@ -65,47 +60,15 @@ def latent_measures(snapshot: dict, labels: np.ndarray, seed: int = 0) -> dict:
 
 
 def embed_snapshots(snaps: list[tuple[int, dict]], seed: int = 0, n_iter: int = 500):
-    """One openTSNE embedding fitted on the last snapshot; every snapshot and every set of
-    prototypes placed with its ``transform`` so positions are comparable over training.
+    """One t-SNE (``viz.tsne.tsne_embed``) fitted on the last snapshot; every snapshot and
+    every set of prototypes placed with ``viz.tsne.place`` so positions are comparable over
+    training.
 
     Returns ``[(iteration, points (N, 2), prototypes (K, 2) with NaN rows), ...]``.
     """
-    from openTSNE import TSNE
-
     last = snaps[-1][1]
-    n = len(last["rep"])
-    emb = TSNE(perplexity=min(30.0, max(2.0, (n - 1) / 3)), random_state=seed, n_iter=n_iter,
-               early_exaggeration_iter=min(250, n_iter), verbose=False).fit(_unit(last["rep"]))
-    out = []
-    for it, s in snaps:
-        pts = np.asarray(emb) if s is last else np.asarray(emb.transform(_unit(s["rep"])))
-        protos = s["prototypes"].astype(np.float64)
-        placed = np.full((len(protos), 2), np.nan)
-        ok = np.isfinite(protos).all(1)
-        if ok.any():
-            placed[ok] = np.asarray(emb.transform(_unit(protos[ok])))
-        out.append((it, pts, placed))
-    return out
-
-
-def _draw(ax, pts, protos, labels, pred, names, dataset, sizes=None, colour_by="class"):
-    pal = palette_array(dataset, len(names)) / 255.0
-    pal = np.where(pal.sum(1, keepdims=True) > 0, pal, 0.35)
-    if colour_by == "error":
-        colours = np.where((pred != labels)[:, None], [[0.85, 0.1, 0.1]], [[0.75, 0.75, 0.75]])
-    elif colour_by == "prediction":
-        colours = pal[pred.astype(np.int64)]
-    else:
-        colours = pal[labels.astype(np.int64)]
-    s = 5 if sizes is None else sizes
-    ax.scatter(pts[:, 0], pts[:, 1], c=colours, s=s, linewidths=0, alpha=0.75)
-    if colour_by == "class":
-        wrong = pred != labels
-        ax.scatter(pts[wrong, 0], pts[wrong, 1], s=12, facecolors="none", edgecolors="red", linewidths=0.3, alpha=0.5)
-    for k, (x, y) in enumerate(protos):
-        if np.isfinite(x):
-            ax.scatter([x], [y], marker="*", s=200, color=pal[k], edgecolors="black", linewidths=1.0)
-    ax.set_xticks([]), ax.set_yticks([])
+    final, _, emb = tsne_embed(last["rep"], seed=seed, n_iter=n_iter)
+    return [(it, final if s is last else place(emb, s["rep"]), place(emb, s["prototypes"])) for it, s in snaps]
 
 
 def sigma_sizes(snapshot: dict) -> np.ndarray | None:
@@ -120,7 +83,7 @@ def sigma_sizes(snapshot: dict) -> np.ndarray | None:
 
 def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str = "") -> Path:
     """One panel per snapshot in a single embedding (``embed_snapshots``)."""
-    from .figures import save_figure, use_headless_backend
+    from .figures import save_figure, scatter_with_prototypes, use_headless_backend
 
     use_headless_backend()
     import matplotlib.pyplot as plt
@@ -130,7 +93,7 @@ def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str =
     lo, hi = final.min(0), final.max(0)
     pad = 0.08 * (hi - lo)
     for ax, (it, pts, protos), (_, s) in zip(axes[0], embedded, snaps):
-        _draw(ax, pts, protos, labels, s["pred"], names, dataset, sigma_sizes(s))
+        scatter_with_prototypes(ax, pts, labels, names, dataset, protos, s["pred"] != labels, sigma_sizes(s))
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])  # one frame for all panels: positions are comparable
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
         ax.set_title(f"iteration {it}", fontsize=9)
@@ -142,7 +105,7 @@ def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str =
 def comparison_figure(path, panels: list[dict], names, dataset) -> Path:
     """Final embeddings side by side: each panel dict has ``title``, ``points``, ``prototypes``,
     ``labels``, ``pred`` and optional ``sizes``."""
-    from .figures import save_figure, use_headless_backend
+    from .figures import save_figure, scatter_with_prototypes, use_headless_backend
 
     use_headless_backend()
     import matplotlib.pyplot as plt
@@ -154,7 +117,8 @@ def comparison_figure(path, panels: list[dict], names, dataset) -> Path:
     for ax in axes.flat[n:]:
         ax.axis("off")
     for ax, p in zip(axes.flat, panels):
-        _draw(ax, p["points"], p["prototypes"], p["labels"], p["pred"], names, dataset, p.get("sizes"))
+        scatter_with_prototypes(ax, p["points"], p["labels"], names, dataset, p["prototypes"],
+                                p["pred"] != p["labels"], p.get("sizes"))
         ax.set_title(p["title"], fontsize=9)
     fig.suptitle("final val-pixel representations (t-SNE); stars: prototypes; red rings: wrong predictions",
                  fontsize=9)

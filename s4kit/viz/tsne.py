@@ -1,8 +1,10 @@
 """t-SNE of pixel representations with class prototypes placed in the same embedding.
 
-openTSNE fits the embedding on the sampled pixels; the prototypes are then placed with
-``TSNEEmbedding.transform`` (they are not part of the fit, so they cannot distort it, and
-they land where pixels like them would).
+One fit for every t-SNE in s4kit (``tsne_embed``): the run figure ``figures/tsne.png``, the
+latent-space evolution of ``s4kit viz`` and notebook 06, and the explorer. openTSNE fits the
+embedding on L2-normalised pixel representations; prototypes and earlier snapshots are then
+placed with ``TSNEEmbedding.transform`` (``place``): they are not part of the fit, so they
+cannot distort it, and they land where pixels like them would.
 """
 from __future__ import annotations
 
@@ -36,22 +38,39 @@ def sample_pixels(rep: torch.Tensor, labels: torch.Tensor, n: int, seed: int = 0
     return rep[torch.from_numpy(idx)].float().cpu().numpy(), labels[idx], idx
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows of ``x`` (N, D) scaled to unit L2 norm, as float64 (the losses compare directions)."""
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def place(embedding, x: np.ndarray) -> np.ndarray:
+    """Positions (N, 2) of rows ``x`` (N, D) in a fitted ``embedding`` (openTSNE ``transform``).
+
+    Rows with a non-finite entry (an absent class's prototype) get NaN positions.
+    """
+    x = np.asarray(x, np.float64)
+    out = np.full((len(x), 2), np.nan)
+    ok = np.isfinite(x).all(1)
+    if ok.any():
+        out[ok] = np.asarray(embedding.transform(unit_rows(x[ok])))
+    return out
+
+
 def tsne_embed(reps: np.ndarray, prototypes: np.ndarray | None = None, seed: int = 0, n_iter: int = 500,
                perplexity: float = 30.0, n_jobs: int = 1):
     """2-D openTSNE embedding of ``reps`` (N, D) and, if given, of ``prototypes`` (K, D).
 
-    Representations are L2-normalised first (the losses compare directions, by cosine).
-    ``n_iter`` is openTSNE's number of optimisation steps after early exaggeration (which
-    runs min(250, n_iter) steps; openTSNE's defaults are 250 + 500).
-    Returns ``(embedding (N, 2), prototype_positions (K, 2) or None, the TSNEEmbedding)``.
+    Representations are L2-normalised first. ``n_iter`` is openTSNE's number of optimisation
+    steps after early exaggeration (which runs min(250, n_iter) steps; openTSNE's defaults are
+    250 + 500); the perplexity is capped at (N - 1) / 3 for small samples.
+    Returns ``(embedding (N, 2), prototype positions (K, 2) with NaN rows for non-finite
+    prototypes, or None, the TSNEEmbedding for ``place``)``.
     """
     from openTSNE import TSNE
 
-    def norm(x):
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
     perplexity = min(perplexity, max(2.0, (len(reps) - 1) / 3))
     emb = TSNE(n_components=2, perplexity=perplexity, metric="euclidean", random_state=seed, n_jobs=n_jobs,
-               n_iter=n_iter, early_exaggeration_iter=min(250, n_iter), verbose=False).fit(norm(reps).astype(np.float64))
-    protos = None if prototypes is None else np.asarray(emb.transform(norm(prototypes).astype(np.float64)))
+               n_iter=n_iter, early_exaggeration_iter=min(250, n_iter), verbose=False).fit(unit_rows(reps))
+    protos = None if prototypes is None else place(emb, prototypes)
     return np.asarray(emb), protos, emb

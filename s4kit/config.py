@@ -72,7 +72,7 @@ class ModelConfig:
     """The network: DeepLabV3+ on a small CNN or a torchvision ResNet, head widths; or SegFormer."""
 
     name: str = "deeplabv3plus"
-    backbone: str = "small"  # small | resnet18 | resnet34 | resnet50 | resnet101 | resnet50_deepstem | resnet101_deepstem
+    backbone: str = "small"  # small | resnet18 | resnet34 | resnet50 | resnet101 | resnet{50,101}_deepstem
     width: int = 32  # small encoder width
     output_stride: int = 8
     # local path to ImageNet encoder weights, loaded strictly; "none": a random encoder on purpose.

@@ -25,7 +25,8 @@ def one_line(exc) -> str:
 # ---------------------------------------------------------------- the refusal (config validation)
 
 @pytest.mark.parametrize("preset, extra, says", [
-    ("pascal/reco", [], "torchvision's resnet101-63fe2227.pth (https://download.pytorch.org/models/resnet101-63fe2227.pth)"),
+    ("pascal/reco", [], "torchvision's resnet101-63fe2227.pth "
+                        "(https://download.pytorch.org/models/resnet101-63fe2227.pth)"),
     ("cityscapes/prcl", [], "resnet101-63fe2227.pth"),
     ("pascal/allspark", [], "mit_b5.pth"),
     ("cityscapes/allspark", [], "mit_b5.pth"),
@@ -136,8 +137,8 @@ def unimatch_deep_stem_file(torchvision_state: dict, seed: int = 0) -> dict:
     conv1 = Sequential(conv 3->64 s2 [0], BN [1], ReLU, conv 64->64 [3], BN [4], ReLU, conv 64->128 [6]),
     bn1 = BN(128); layer1.0 reads 128 channels; layer2..4 as torchvision's ResNet-101; plus fc."""
     g = torch.Generator().manual_seed(seed)
-    state = {k: v for k, v in torchvision_state.items()
-             if not (k.startswith(("conv1.", "bn1.")) or k in ("layer1.0.conv1.weight", "layer1.0.downsample.0.weight"))}
+    replaced = ("layer1.0.conv1.weight", "layer1.0.downsample.0.weight")
+    state = {k: v for k, v in torchvision_state.items() if not (k.startswith(("conv1.", "bn1.")) or k in replaced)}
 
     def bn(prefix: str, c: int) -> dict:
         return {f"{prefix}.weight": torch.rand(c, generator=g) + 0.5, f"{prefix}.bias": torch.randn(c, generator=g),
@@ -265,3 +266,14 @@ def test_a_run_reopens_after_its_imagenet_file_is_gone(tmp_path):
     assert step == 3 and again.model.pretrained == str(weights)
     got = reopened.state_dict()
     assert all(torch.equal(got[k], v) for k, v in method.state_dict().items())
+
+
+def test_config_backbones_are_the_encoders_and_each_has_a_named_checkpoint():
+    from s4kit.config import BACKBONES, ENCODERS, IMAGENET_WEIGHTS
+    from s4kit.models.backbones import RESNETS
+
+    assert set(BACKBONES) == {"small"} | set(RESNETS)
+    assert set(IMAGENET_WEIGHTS) == set(RESNETS) | set(ENCODERS)
+    r50 = ResNetEncoder("resnet50_deepstem").state_dict()
+    assert r50["conv1.6.weight"].shape == (128, 64, 3, 3) and r50["layer1.0.conv1.weight"].shape == (64, 128, 1, 1)
+    assert "layer3.5.conv1.weight" in r50 and "layer3.6.conv1.weight" not in r50  # ResNet-50: 3-4-6-3 blocks

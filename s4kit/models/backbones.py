@@ -20,7 +20,8 @@ from ..errors import S4kitError
 
 RESNETS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet50_deepstem": 2048,
            "resnet101_deepstem": 2048}
-DEEP_STEM = {"resnet50_deepstem": "resnet50", "resnet101_deepstem": "resnet101"}  # deep-stem name -> the torchvision trunk it replaces the stem of
+# deep-stem name -> the torchvision trunk whose stem it replaces
+DEEP_STEM = {"resnet50_deepstem": "resnet50", "resnet101_deepstem": "resnet101"}
 
 
 class WeightsError(S4kitError, ValueError):
@@ -130,7 +131,8 @@ class ResNetEncoder(nn.Module):
 
 # Checkpoint layouts s4kit recognises, to say in an error which file was given: (test on the key set, what it is).
 LAYOUTS = (
-    (lambda k: "conv1.0.weight" in k, "a deep-stem ResNet (UniMatch resnet50/101.pth): model.backbone=resnet50_deepstem/resnet101_deepstem"),
+    (lambda k: "conv1.0.weight" in k,
+     "a deep-stem ResNet (UniMatch resnet50/101.pth): model.backbone=resnet50_deepstem/resnet101_deepstem"),
     (lambda k: "conv1.weight" in k and "layer1.0.conv1.weight" in k,
      "a torchvision ResNet (7x7 stem): model.backbone=resnet18/34/50/101"),
     (lambda k: any(x.startswith("stem.") for x in k),

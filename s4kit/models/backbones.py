@@ -55,7 +55,9 @@ def _kaiming(conv: nn.Conv2d) -> nn.Conv2d:
 def deep_stem(net: torchvision.models.ResNet) -> None:
     """Replace a torchvision Bottleneck ResNet's 7x7 stem by the deep stem, in place.
 
-    The deep ("v1c"-style) stem of PSPNet/U2PL/UniMatch: three 3x3 convs instead of one 7x7,
+    The deep stem of PSPNet/U2PL/UniMatch (ResNet-C of He et al., "Bag of Tricks for Image
+    Classification with CNNs", CVPR 2019, §4.1, at widths 64-64-128; mmseg's ResNetV1c uses
+    32-32-64 under ``stem.*`` and is another network): three 3x3 convs instead of one 7x7,
 
         conv1 = Sequential(Conv3x3(3->64, stride 2), BN(64), ReLU,     # conv1.0, conv1.1, conv1.2
                            Conv3x3(64->64), BN(64), ReLU,               # conv1.3, conv1.4, conv1.5

@@ -72,10 +72,12 @@ class ModelConfig:
     """The network: DeepLabV3+ on a small CNN or a torchvision ResNet, head widths; or SegFormer."""
 
     name: str = "deeplabv3plus"
-    backbone: str = "small"  # small | resnet18 | resnet34 | resnet50 | resnet101
+    backbone: str = "small"  # small | resnet18 | resnet34 | resnet50 | resnet101 | resnet{50,101}_deepstem
     width: int = 32  # small encoder width
     output_stride: int = 8
-    pretrained: Optional[str] = None  # local path to encoder weights, loaded strictly
+    # local path to ImageNet encoder weights, loaded strictly; "none": a random encoder on purpose.
+    # Required (a path or none) for every dataset but digits: data/README.md "Pretrained backbones".
+    pretrained: Optional[str] = None
     rep_dim: int = 64
     aspp_channels: int = 64
     low_channels: int = 16
@@ -294,7 +296,8 @@ def resolve(cfg: DictConfig) -> DictConfig:
 
     Raises ``ConfigError`` naming the key, its value and what is allowed, for the first of: a
     method option outside its choices or range (``methods.base.check_options``), a schema range
-    or choice (``_validate``), an option the method does not read set or a method's
+    or choice, a non-digits run without ``model.pretrained`` (a path, or ``none`` for a random
+    encoder on purpose) (``_validate``), an option the method does not read set or a method's
     cross-section need (``model.name=maskformer`` for rc2l, ...: ``methods.base.check_method``),
     a ``model.*`` field the network does not read that differs from its default.
     """
@@ -327,13 +330,55 @@ def _finite(x) -> bool:
 
 
 MODEL_NAMES = ("deeplabv3plus", "maskformer", "segformer")
-BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101", "resnet50_deepstem", "resnet101_deepstem")
+NO_WEIGHTS = "none"  # model.pretrained=none: train from a randomly initialised encoder, explicitly
+
+# The ImageNet checkpoint each encoder loads (data/README.md "Pretrained backbones" says which paper uses which).
+_TORCHVISION = "https://download.pytorch.org/models/"
+IMAGENET_WEIGHTS = {
+    "resnet18": f"torchvision's resnet18-f37072fd.pth ({_TORCHVISION}resnet18-f37072fd.pth)",
+    "resnet34": f"torchvision's resnet34-b627a593.pth ({_TORCHVISION}resnet34-b627a593.pth)",
+    "resnet50": f"torchvision's resnet50-0676ba61.pth ({_TORCHVISION}resnet50-0676ba61.pth)",
+    "resnet101": f"torchvision's resnet101-63fe2227.pth ({_TORCHVISION}resnet101-63fe2227.pth)",
+    "resnet50_deepstem": "UniMatch's deep-stem resnet50.pth (UniMatch README, 'Pretrained Backbone')",
+    "resnet101_deepstem": "UniMatch's deep-stem resnet101.pth (UniMatch README, 'Pretrained Backbone')",
+    **{f"mit_b{i}": f"NVlabs' ImageNet-1K mit_b{i}.pth (SegFormer README, 'Training'; AllSpark re-hosts b2-b5)"
+       for i in range(6)},
+}
+
+
+def pretrained_file(m: DictConfig) -> Optional[str]:
+    """The weights file ``model.pretrained`` names, or None when it is unset, empty or ``none``."""
+    value = m.pretrained
+    if value is None or not str(value).strip() or str(value).strip().lower() == NO_WEIGHTS:
+        return None
+    return str(value)
+
+
+def _require_pretrained(cfg: DictConfig) -> None:
+    """Every dataset but digits starts from ImageNet weights, as every paper does: an unset
+    ``model.pretrained`` is refused (one line naming the key, the checkpoint to download and
+    ``model.pretrained=none`` for a random encoder on purpose). Digits presets train from scratch."""
+    m = cfg.model
+    if cfg.data.dataset == "digits" or (m.pretrained is not None and str(m.pretrained).strip()):
+        return
+    encoder = m.encoder if m.name == "segformer" else m.backbone
+    where = "data/README.md, 'Pretrained backbones'"
+    if encoder not in IMAGENET_WEIGHTS:
+        raise ConfigError(f"model.pretrained is not set and model.backbone={encoder} has no ImageNet checkpoint: "
+                          f"give model.pretrained=none to train it from scratch on {cfg.data.dataset}, or a local "
+                          f"checkpoint of this encoder ({where})")
+    raise ConfigError(f"model.pretrained is not set: {cfg.data.dataset} runs start from ImageNet weights, as the "
+                      f"papers do; download {IMAGENET_WEIGHTS[encoder]} and give model.pretrained=/path/to/file.pth, "
+                      f"or model.pretrained=none to train from a random encoder ({where})")
 ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
 
 
 def _validate(cfg: DictConfig) -> None:
     """Every range and choice of the schema; the first violation raises ``ConfigError`` naming
-    the key, its value and what is expected. (Method options are checked by the methods.)"""
+    the key, its value and what is expected; then that a non-digits run names its ImageNet
+    weights or ``model.pretrained=none`` (``_require_pretrained``). (Method options are checked
+    by the methods.)"""
     d, m, o, tr, e, v = cfg.data, cfg.model, cfg.optim, cfg.train, cfg.eval, cfg.viz
     pos = "a positive number"
     nonneg = "0 or a positive number"
@@ -401,6 +446,7 @@ def _validate(cfg: DictConfig) -> None:
         if not ok:
             shown = key if (" " in key or key == "viz") else f"{key}={OmegaConf.select(cfg, key)!r}"
             raise ConfigError(f"{shown}: expected {expected}")
+    _require_pretrained(cfg)
 
 
 def _check_network_fields(m: DictConfig) -> None:

@@ -39,7 +39,7 @@ def load_run_step(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
     config, ckpt = _run_files(run_dir)
     cfg = load_config(config, list(overrides))
     dev = resolve_device(device or cfg.device)
-    method = build_checked(cfg).to(dev)
+    method = build_checked(cfg, pretrained=False).to(dev)  # last.pt replaces every encoder weight
     state = load_checkpoint(ckpt, dev)
     load_method_state(method, state["method"], ckpt)
     method.eval()

@@ -16,6 +16,7 @@ The learning rate follows the poly schedule with an optional linear warm-up:
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
 import subprocess
@@ -26,10 +27,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from .. import __version__, dist
 from ..io import RunLock, atomic_path, atomic_write_text, json_dumps
-from ..config import ConfigError, from_yaml, to_yaml
+from ..config import NO_WEIGHTS, ConfigError, from_yaml, to_yaml
 from ..errors import S4kitError, first_line
 from ..data.loaders import build_dataset, build_train_streams, n_images
 from ..methods import build_method
@@ -374,9 +376,19 @@ def training_step(method, optimizer, labeled: dict, unlabeled: dict | None, iter
     return out, total
 
 
-def build_checked(cfg):
+def build_checked(cfg, pretrained: bool = True):
     """``build_method(cfg)``, with the option checks of method and model constructors (``ValueError``)
-    turned into ``ConfigError`` so the command line prints them as one line."""
+    turned into ``ConfigError`` so the command line prints them as one line.
+
+    ``pretrained=False`` builds without reading ``model.pretrained`` (the method gets a copy of
+    ``cfg`` with ``model.pretrained=none``): for a run's checkpoint, which replaces every encoder
+    weight, so a run folder can be evaluated where its ImageNet file is not.
+    """
+    if not pretrained and cfg.model.pretrained is not None:
+        cfg = copy.deepcopy(cfg)
+        OmegaConf.set_readonly(cfg, False)
+        cfg.model.pretrained = NO_WEIGHTS
+        OmegaConf.set_readonly(cfg, True)
     try:
         return build_method(cfg)
     except ValueError as exc:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..config import pretrained_file
 from .backbones import ResNetEncoder, SmallEncoder, WeightsError, load_encoder_weights
 from .deeplab import DeepLabV3Plus
 from .maskformer import MaskFormerHead
@@ -33,20 +34,22 @@ def network_fields(name: str) -> tuple[str, ...]:
 
 
 def build_cnn_encoder(mcfg) -> nn.Module:
-    """The DeepLabV3+ encoder of ``model.backbone`` (``small`` or a torchvision ResNet) at
-    ``model.output_stride``; pretrained weights load strictly from ``model.pretrained``."""
+    """The DeepLabV3+ encoder of ``model.backbone`` (``small``, a torchvision ResNet or a deep-stem
+    ResNet) at ``model.output_stride``; ImageNet weights load strictly from ``model.pretrained``
+    (nothing is loaded for ``null`` or ``none``; raises ``WeightsError`` for a wrong file)."""
     if mcfg.backbone == "small":
         encoder = SmallEncoder(mcfg.width, mcfg.output_stride)
     else:
         encoder = ResNetEncoder(mcfg.backbone, mcfg.output_stride)
-    if mcfg.pretrained:
-        load_encoder_weights(encoder, mcfg.pretrained)
+    weights = pretrained_file(mcfg)
+    if weights:
+        load_encoder_weights(encoder, weights)
     return encoder
 
 
 @register_model("deeplabv3plus", reads=DEEPLAB_FIELDS)
 def build_deeplabv3plus(mcfg, num_classes: int) -> nn.Module:
-    """DeepLabV3+ on ``model.backbone`` (``small`` or a torchvision ResNet), see ``deeplab.py``.
+    """DeepLabV3+ on ``model.backbone`` (``small``, a torchvision or deep-stem ResNet), see ``deeplab.py``.
 
     Pretrained encoder weights load strictly from ``model.pretrained`` (a local path).
     """
@@ -73,8 +76,9 @@ def build_segformer(mcfg, num_classes: int) -> nn.Module:
     Pretrained MiT weights (NVlabs ``mit_bX.pth`` layout) load strictly from ``model.pretrained``.
     """
     encoder = MiTEncoder(mcfg.encoder, mcfg.drop_path)
-    if mcfg.pretrained:
-        load_mit_weights(encoder, mcfg.pretrained)
+    weights = pretrained_file(mcfg)
+    if weights:
+        load_mit_weights(encoder, weights)
     return SegFormer(encoder, num_classes, mcfg.decoder_dim, mcfg.input_scale)
 
 

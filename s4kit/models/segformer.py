@@ -2,7 +2,7 @@
 
 Source: Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
 Transformers", NeurIPS 2021, §3.2 (all-MLP decoder, Eq. 1-4); the AllSpark variant of the
-head is reference/allspark.md §2.2 (AllSpark ``model/semseg/allspark.py`` ``SegFormerHead``).
+head is docs/methods/allspark.md §2.2 (AllSpark ``model/semseg/allspark.py`` ``SegFormerHead``).
 The MiT encoders come from segmentation-models-pytorch (``MixVisionTransformerEncoder``,
 same parameter names as NVlabs' ``mit_bX.pth``); the decoder is written here.
 
@@ -36,7 +36,7 @@ class MiTEncoder(nn.Module):
 
     Args:
         name: ``mit_b0`` .. ``mit_b5`` (depths/widths of SegFormer Table 6; b5: widths
-            64/128/320/512, depths 3/6/40/3, reference/allspark.md §2.1).
+            64/128/320/512, depths 3/6/40/3, docs/methods/allspark.md §2.1).
         drop_path: stochastic-depth rate (0.1 in SegFormer and AllSpark).
 
     ``forward(x)`` takes float (B, 3, H, W) and returns ``[c1, c2, c3, c4]``, float
@@ -125,12 +125,17 @@ class SegFormer(nn.Module):
 
 
 def load_mit_weights(encoder: MiTEncoder, path: str | Path) -> None:
-    """Load an NVlabs-style ``mit_bX.pth`` (ImageNet classifier) strictly into ``encoder``.
+    """Load an NVlabs-style ``mit_bX.pth`` (ImageNet-1K classifier) strictly into ``encoder``.
 
+    The files are SegFormer's ImageNet-1K MiT releases (NVlabs/SegFormer README, "Training";
+    AllSpark re-hosts ``mit_b2..b5.pth`` and reads them in ``model/backbone/mit.py``). Their
+    keys (``patch_embed1.proj.weight``, ``block1.0.attn.q.weight``, ``norm4.bias``, ...) equal
+    segmentation-models-pytorch's MiT parameter names one to one, so no renaming is done.
     The classification head (``head.weight``, ``head.bias``) is the only key allowed to be
     unexpected; every other missing or unexpected key, or a shape mismatch, raises
-    ``WeightsError`` naming the file (AllSpark loads with ``strict=False``, so a wrong file
-    silently gives a random backbone: reference/allspark.md §10.9).
+    ``WeightsError`` naming the file and the first keys (AllSpark loads with ``strict=False``,
+    so a wrong file silently gives a random backbone: docs/methods/allspark.md §10.9). A Hugging
+    Face ``nvidia/mit-bX`` file (``segformer.encoder.*`` keys) is refused with that said.
     """
     from .backbones import load_encoder_weights
 

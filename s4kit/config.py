@@ -307,6 +307,9 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
     except OmegaConfBaseException as exc:
         text = getattr(exc, "msg", None) or str(exc).strip() or f"cannot merge ({type(exc).__name__})"
         raise ConfigError(f"{source}: {text}".splitlines()[0]) from None
+    except TypeError:  # OmegaConf: a mapping onto a list (paper.0.miou=...) or a list onto a mapping
+        raise ConfigError(f"{source}: a list and a mapping do not merge; give a list whole "
+                          "(e.g. paper=[{split: '92', miou: 70.1, source: ...}])") from None
 
 
 def load_config(preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -441,7 +444,7 @@ def _validate_protocol(cfg: DictConfig) -> None:
         if r.std is not None and not (_finite(r.std) and r.std >= 0):
             raise ConfigError(f"{key}.std={r.std!r}: expected null or a non-negative number")
         if str(r.source).strip() == "":
-            raise ConfigError(f"{key}.source='': expected where the number is printed (paper, table and row)")
+            raise ConfigError(f"{key}.source={r.source!r}: expected where the number is printed (paper, table and row)")
 
 
 def _validate(cfg: DictConfig) -> None:

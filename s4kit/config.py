@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -47,6 +47,9 @@ class DataConfig:
     hidden_gt: bool = True  # unlabeled images have ground truth, used only to measure pseudo-labels
     cache: bool = True  # keep decoded images in memory (small datasets)
     num_workers: int = 0
+    # [height, width]: resize every image (bicubic) and mask (nearest) once when read, before any
+    # crop, for train and val alike (ReCo's Cityscapes protocol pre-resizes to 512x1024). null: native size.
+    resize: Optional[list] = None
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -159,6 +162,49 @@ class VizConfig:
 
 
 @dataclass
+class ProtocolConfig:
+    """The paper's training and evaluation protocol a preset stands for: its protocol card.
+
+    Descriptive only: nothing here changes training. ``s4kit report`` prints it beside the
+    runs of the preset and ``docs/protocols.md`` (``engine.report.protocol_markdown``) sets
+    it beside the preset's own values. An empty ``source`` means no card (digits presets).
+    Unknown items stay at their empty value ("", 0, null) and are shown as "unknown".
+    """
+
+    source: str = ""  # the paper and the code it follows, e.g. "ReCo (ICLR 2022); lorenmt/reco train_semisup.py"
+    split_family: str = ""  # see SPLIT_FAMILIES
+    backbone: str = ""  # the paper's encoder and its initialisation, free text
+    resize: Optional[list] = None  # [height, width] every image is resized to first (ReCo Cityscapes)
+    crop: int = 0  # training crop side (pixels)
+    output_stride: Optional[int] = None  # encoder output stride (null: not applicable, e.g. MiT)
+    scale_range: Optional[list] = None  # random rescale factors [lo, hi] of labeled images
+    batch_labeled: int = 0  # global labeled batch over all GPUs
+    batch_unlabeled: int = 0  # global unlabeled batch over all GPUs
+    gpus: int = 0  # GPUs of the paper's runs
+    iters: int = 0  # optimiser steps, at the preset's default split
+    sup_loss: str = ""  # ce | ohem | set (MaskFormer set loss)
+    mix: str = ""  # cutmix | classmix | none
+    eval_mode: str = ""  # full | sliding | crop | pad (pad to eval_window, then crop back)
+    eval_window: int = 0  # sliding/crop/pad size in pixels (0: not applicable)
+    checkpoint: str = ""  # last | best: which checkpoint the paper's numbers come from
+    eval_model: str = ""  # teacher | student: which network the paper evaluates
+    loss_denominator: str = ""  # contrast losses: all_classes (the code) | anchor_classes
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass
+class PaperResult:
+    """One published mIoU of the method under the preset's protocol."""
+
+    split: str = ""  # the kit split (data.split) it was measured on, or a name for a list the kit lacks
+    miou: float = 0.0  # percent
+    std: Optional[float] = None  # the paper's spread (percent), where it gives one
+    source: str = ""  # where it is printed: paper, table and row (or README table and row)
+    in_kit: bool = True  # false: the paper's list is not one the kit's split files hold
+    note: str = ""
+
+
+@dataclass
 class RunConfig:
     """The run folder."""
 
@@ -177,6 +223,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     viz: VizConfig = field(default_factory=VizConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    paper: List[PaperResult] = field(default_factory=list)  # the paper's numbers per split (protocol card)
     method: Any = field(default_factory=lambda: {"name": "supervised"})
     device: str = "auto"  # cpu | cuda | auto
 
@@ -261,6 +309,9 @@ def _merge(cfg: DictConfig, other: DictConfig, source: str) -> DictConfig:
     except OmegaConfBaseException as exc:
         text = getattr(exc, "msg", None) or str(exc).strip() or f"cannot merge ({type(exc).__name__})"
         raise ConfigError(f"{source}: {text}".splitlines()[0]) from None
+    except TypeError:  # OmegaConf: a mapping onto a list (paper.0.miou=...) or a list onto a mapping
+        raise ConfigError(f"{source}: a list and a mapping do not merge; give a list whole "
+                          "(e.g. paper=[{split: '92', miou: 70.1, source: ...}])") from None
 
 
 def load_config(preset: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
@@ -371,7 +422,74 @@ def _require_pretrained(cfg: DictConfig) -> None:
     raise ConfigError(f"model.pretrained is not set: {cfg.data.dataset} runs start from ImageNet weights, as the "
                       f"papers do; download {IMAGENET_WEIGHTS[encoder]} and give model.pretrained=/path/to/file.pth, "
                       f"or model.pretrained=none to train from a random encoder ({where})")
+
+
 ENCODERS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5")
+# protocol.split_family: which published split lists a paper's numbers come from (docs/methods/substrate.md §7)
+SPLIT_FAMILIES = {
+    "classic": "VOC classic: 92-1464 labeled from the 1,464 fine set (U2PL/UniMatch lists, kit pascal/92..1464)",
+    "blended": "VOC blended: 1/16-1/2 of the 10,582 set, CPS/ST++ lists (kit pascal/1_16..1_4)",
+    "u2pl_blended": "VOC blended, U2PL lists (kit pascal/u2pl_1_16..u2pl_1_4)",
+    "cps": "Cityscapes 1/16-1/2, CPS lists (kit cityscapes/1_16..1_2)",
+    "u2pl": "Cityscapes, U2PL lists (not in the kit)",
+    "reco_sampler": "ReCo's seeded class-balanced sampler, seeds 0-2 (not in the kit)",
+    "custom": "the paper's own list (see the notes)",
+    "unknown": "not published in an accessible source",
+}
+PROTOCOL_CHOICES = {
+    "sup_loss": ("", "ce", "ohem", "set"),
+    "mix": ("", "cutmix", "classmix", "none"),
+    "eval_mode": ("", "full", "sliding", "crop", "pad"),
+    "checkpoint": ("", "last", "best"),
+    "eval_model": ("", "teacher", "student"),
+    "loss_denominator": ("", "all_classes", "anchor_classes"),
+}
+_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _size_pair(x) -> bool:
+    """``[height, width]``: two positive integers."""
+    return x is not None and len(x) == 2 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in x)
+
+
+def _validate_protocol(cfg: DictConfig) -> None:
+    """The protocol card and paper table (``ProtocolConfig``, ``PaperResult``): choices, ranges,
+    one number per split. Raises ``ConfigError`` naming the key, its value and what is expected."""
+    p = cfg.protocol
+    fail = lambda key, expected: ConfigError(  # noqa: E731
+        f"{key}={OmegaConf.select(cfg, key)!r}: expected {expected}")
+    families = ("",) + tuple(SPLIT_FAMILIES)
+    if p.split_family not in families:
+        raise fail("protocol.split_family", ", ".join(SPLIT_FAMILIES) + " (or empty)")
+    for key, choices in PROTOCOL_CHOICES.items():
+        if p[key] not in choices:
+            raise fail(f"protocol.{key}", ", ".join(c for c in choices if c) + " (or empty: unknown)")
+    for key in ("crop", "batch_labeled", "batch_unlabeled", "gpus", "iters", "eval_window"):
+        if p[key] < 0:
+            raise fail(f"protocol.{key}", "0 (unknown) or a positive number")
+    if p.output_stride not in (None, 8, 16, 32):
+        raise fail("protocol.output_stride", "null, 8, 16 or 32")
+    if p.scale_range is not None and not (len(p.scale_range) == 2 and all(_finite(x) for x in p.scale_range)
+                                          and 0 < p.scale_range[0] <= p.scale_range[1]):
+        raise fail("protocol.scale_range", "null or [lo, hi] with 0 < lo <= hi")
+    if p.resize is not None and not _size_pair(p.resize):
+        raise fail("protocol.resize", "null or [height, width], two positive integers")
+    if p.source.strip() == "" and (len(cfg.paper) or any(p[k] not in ("", 0, None) for k in p if k != "notes")):
+        raise fail("protocol.source", "the paper (and code) the protocol card describes")
+    seen = set()
+    for i, r in enumerate(cfg.paper):
+        key = f"paper[{i}]"
+        if not _SPLIT_NAME.match(str(r.split)):
+            raise ConfigError(f"{key}.split={r.split!r}: expected a split name such as 92 or 1_16")
+        if str(r.split) in seen:
+            raise ConfigError(f"{key}.split={r.split!r}: a second number for this split (one per split)")
+        seen.add(str(r.split))
+        if not (_finite(r.miou) and 0 < r.miou <= 100):
+            raise ConfigError(f"{key}.miou={r.miou!r}: expected a percentage in (0, 100]")
+        if r.std is not None and not (_finite(r.std) and r.std >= 0):
+            raise ConfigError(f"{key}.std={r.std!r}: expected null or a non-negative number")
+        if str(r.source).strip() == "":
+            raise ConfigError(f"{key}.source={r.source!r}: expected where the number is printed (paper, table and row)")
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -446,6 +564,10 @@ def _validate(cfg: DictConfig) -> None:
         if not ok:
             shown = key if (" " in key or key == "viz") else f"{key}={OmegaConf.select(cfg, key)!r}"
             raise ConfigError(f"{shown}: expected {expected}")
+    if d.resize is not None and not _size_pair(d.resize):
+        raise ConfigError(f"data.resize={OmegaConf.select(cfg, 'data.resize')!r}: expected null or [height, width], "
+                          "two positive integers")
+    _validate_protocol(cfg)
     _require_pretrained(cfg)
 
 

@@ -120,3 +120,42 @@ def test_generated_splits_are_nested_and_partition_the_pool(tmp_path):
     assert not lab_b & unl_b and len(lab_b | unl_b) == 50
     with pytest.raises(SplitError, match="asks for 60"):
         generate_splits(pool, tmp_path / "s2", {"c": 60})
+
+
+def test_resize_reads_every_image_and_mask_at_the_given_size(tmp_path):
+    """``data.resize`` (ReCo's Cityscapes 1024x512 pre-resizing): labelIds 2x2 blocks halve to
+    one pixel each (nearest keeps only ids the mask had), a horizontal ramp halves to about
+    the mean of each 2x2 block (bicubic), and the whole-image val set comes out at the size."""
+    from omegaconf import OmegaConf
+
+    from s4kit.data.loaders import build_dataset
+
+    h, w = 16, 32
+    for sub in ("leftImg8bit", "gtFine"):
+        (tmp_path / sub).mkdir()
+    ids = np.array([7, 8, 11, 26, 33, 0])  # labelIds: road, sidewalk, building, car, bicycle, void
+    rng = np.random.default_rng(0)
+    small = ids[rng.integers(0, len(ids), (h // 2, w // 2))].astype(np.uint8)
+    Image.fromarray(np.kron(small, np.ones((2, 2), np.uint8)), mode="L").save(tmp_path / "gtFine/a_gtFine_labelIds.png")
+    ramp = np.tile(np.linspace(20, 220, w), (h, 1))
+    image = np.repeat(ramp[..., None], 3, axis=2).round().astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "leftImg8bit/a_leftImg8bit.png")
+    line = "leftImg8bit/a_leftImg8bit.png gtFine/a_gtFine_labelIds.png"
+    (tmp_path / "splits/s").mkdir(parents=True)
+    for name in ("splits/s/labeled.txt", "splits/s/unlabeled.txt", "splits/val.txt"):
+        (tmp_path / name).write_text(line + "\n")
+    cfg = OmegaConf.create({"data": {"root": str(tmp_path), "splits": str(tmp_path / "splits"), "split": "s",
+                                     "num_classes": 19, "label_format": "cityscapes", "crop_size": 8,
+                                     "scale_range": [1.0, 1.0], "flip": False, "hidden_gt": False, "cache": False,
+                                     "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "resize": [h // 2, w // 2]}})
+    val = build_dataset(cfg, "val", train=False)
+    s = val[0]
+    assert s["image"].shape == (3, h // 2, w // 2) and s["mask"].shape == (h // 2, w // 2)
+    assert np.array_equal(s["mask"].numpy(), CITYSCAPES_LABEL_TO_TRAIN[small])
+    block_mean = ramp.reshape(h // 2, 2, w // 2, 2).mean(axis=(1, 3))
+    assert np.abs(s["image"][0].numpy() * 255 - block_mean)[:, 1:-1].max() < 1.5  # borders: bicubic overshoot
+    train = build_dataset(cfg, "labeled", train=True)
+    t = train[(0, 3)]
+    assert t["image"].shape == (3, 8, 8) and set(t["mask"].unique().tolist()) <= set(CITYSCAPES_LABEL_TO_TRAIN[ids].tolist())
+    native = build_dataset(OmegaConf.merge(cfg, {"data": {"resize": None}}), "val", train=False)[0]
+    assert native["image"].shape == (3, h, w)

@@ -114,6 +114,19 @@ def read_mask(path: str | Path, num_classes: int, label_format: str = "voc") -> 
     return raw
 
 
+def resize_pair(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]):
+    """Resize uint8 (H, W, 3) ``image`` (bicubic) and int64 (H, W) ``mask`` (nearest, ids
+    0..255 kept exactly) to ``size = (height, width)``; arrays already that size are returned
+    as they are. ReCo's Cityscapes pre-processing (docs/methods/substrate.md §7)."""
+    h, w = size
+    if image.shape[:2] == (h, w):
+        return image, mask
+    image = np.array(Image.fromarray(image).resize((w, h), Image.BICUBIC))
+    if mask is not None:
+        mask = np.array(Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.NEAREST)).astype(np.int64)
+    return image, mask
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """Images (and masks) listed in a split file, with a joint transform.
 
@@ -128,6 +141,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
             ``hidden_gt``.
         label_format: ``voc`` or ``cityscapes`` (see ``read_mask``).
         cache: keep decoded arrays in memory.
+        resize: ``(height, width)`` every image and mask is resized to once when read (before
+            any transform and before caching): images bicubic, masks nearest, so a mask keeps
+            only ids it had. ReCo's Cityscapes protocol pre-resizes to (512, 1024)
+            (docs/methods/substrate.md §7; ReCo ``dataset/cityscapes_preprocess.py``, PIL
+            ``resize((1024, 512))``, bicubic in Pillow >= 7, nearest for labels). ``None``:
+            native size.
 
     Indexing takes an int or ``(index, seed)``: with a seed, the transform's randomness
     comes from ``torch.manual_seed(seed)`` inside a forked RNG, so a sample is a pure
@@ -138,8 +157,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | Path, split_file: str | Path, num_classes: int, transform=None,
-                 labeled: bool = True, hidden_gt: bool = False, label_format: str = "voc", cache: bool = False):
+                 labeled: bool = True, hidden_gt: bool = False, label_format: str = "voc", cache: bool = False,
+                 resize: tuple[int, int] | None = None):
         self.root, self.split_file = Path(root), Path(split_file)
+        self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
         self.entries = read_split_file(split_file)
         self.with_mask = labeled or hidden_gt
         check_files_exist(self.root, self.entries, split_file, need_masks=self.with_mask)
@@ -166,6 +187,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             if mask.shape != image.shape[:2]:
                 raise DataError(f"{self.root / mask_rel}: mask size {mask.shape[1]}x{mask.shape[0]} differs from "
                                 f"image {self.root / image_rel} size {image.shape[1]}x{image.shape[0]}")
+        if self.resize is not None:
+            image, mask = resize_pair(image, mask, self.resize)
         if self.cache is not None:
             self.cache[index] = (image, mask)
         return image, mask

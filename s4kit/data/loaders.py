@@ -66,14 +66,16 @@ def eval_transform(cfg) -> EvalTransform:
 def build_dataset(cfg, part: str, train: bool = True) -> SegmentationDataset:
     """``part`` in labeled | unlabeled | val; ``train`` picks the weak-view or eval transform.
 
-    Unlabeled datasets keep their hidden ground truth only if ``data.hidden_gt``.
+    Unlabeled datasets keep their hidden ground truth only if ``data.hidden_gt``; ``data.resize``
+    resizes every image and mask once when read (train and val alike).
     Raises ``SplitError`` / ``DataError`` (see ``SegmentationDataset``).
     """
     d = cfg.data
     path = split_paths(d.splits, d.split)[part]
     return SegmentationDataset(
         d.root, path, d.num_classes, train_transform(cfg) if train else eval_transform(cfg),
-        labeled=part != "unlabeled", hidden_gt=bool(d.hidden_gt), label_format=d.label_format, cache=bool(d.cache))
+        labeled=part != "unlabeled", hidden_gt=bool(d.hidden_gt), label_format=d.label_format, cache=bool(d.cache),
+        resize=None if d.resize is None else tuple(d.resize))
 
 
 def build_train_streams(cfg, start: int = 0, rank: int = 0, world: int = 1, need_unlabeled: bool = True):

@@ -35,12 +35,12 @@ class ConfigError(S4kitError, ValueError):
 class DataConfig:
     """Where the data lives, which split, and the weak-view geometry."""
 
-    dataset: str = "digits"  # digits | pascal | cityscapes
+    dataset: str = "digits"  # digits | pascal | cityscapes | coco
     root: str = "data/digits"
     splits: Optional[str] = None  # default: <root>/splits
     split: str = "1_16"
     num_classes: int = 11
-    label_format: str = "voc"  # voc (palette or grayscale ids) | cityscapes (gtFine labelIds -> train ids)
+    label_format: str = "voc"  # voc (palette or grayscale ids) | cityscapes (gtFine labelIds -> train ids) | coco
     crop_size: int = 32
     scale_range: list = field(default_factory=lambda: [0.8, 1.25])  # random rescale factors
     flip: bool = False  # horizontal flips (off for digits: flips change a digit's identity)
@@ -338,8 +338,10 @@ def _validate(cfg: DictConfig) -> None:
     pos = "a positive number"
     nonneg = "0 or a positive number"
     checks = [
-        (d.dataset in ("digits", "pascal", "cityscapes"), "data.dataset", "digits, pascal or cityscapes"),
-        (d.label_format in ("voc", "cityscapes"), "data.label_format", "voc or cityscapes"),
+        (d.dataset in ("digits", "pascal", "cityscapes", "coco"), "data.dataset", "digits, pascal, cityscapes or coco"),
+        (d.label_format in ("voc", "cityscapes", "coco"), "data.label_format", "voc, cityscapes or coco"),
+        (d.label_format != "coco" or d.num_classes == 81, "data.num_classes",
+         "81 with data.label_format=coco (background + the 80 COCO things)"),
         (cfg.device in ("cpu", "cuda", "auto"), "device", "cpu, cuda or auto"),
         (e.mode in ("full", "sliding", "crop"), "eval.mode", "full, sliding or crop"),
         (e.model in ("teacher", "student"), "eval.model", "teacher or student"),

@@ -1,6 +1,7 @@
 """The ``s4kit`` command line (DESIGN.md "Commands and the run folder").
 
     s4kit data digits [--root DIR] [--seed N]
+    s4kit data coco --root DIR [--annotations FILE ...] [--limit N]
     s4kit train CONFIG [key=value ...]
     s4kit eval RUN_DIR [key=value ...]
     s4kit reproduce --method M --dataset D --split S [--seed N] [-p KEY VALUE ...] [--out DIR]
@@ -25,11 +26,29 @@ from .errors import S4kitError
 def _data(args) -> None:
     from .data.digits import DigitsSpec, write_digits
 
+    if args.dataset == "coco":
+        return _data_coco(args)
     if args.dataset != "digits":
-        raise S4kitError(f"'s4kit data {args.dataset}': only the embedded digits dataset can be built; "
-                         "PASCAL VOC and Cityscapes are downloaded from their official sites (see data/README.md)")
-    root = write_digits(args.root, seed=args.seed, spec=DigitsSpec())
+        raise S4kitError(f"'s4kit data {args.dataset}': only the embedded digits dataset and COCO's masks can be "
+                         "built; PASCAL VOC and Cityscapes are downloaded from their official sites "
+                         "(see data/README.md)")
+    if args.annotations or args.limit is not None:
+        raise S4kitError("'s4kit data digits': --annotations and --limit are options of 's4kit data coco'")
+    root = write_digits(args.root or "data/digits", seed=args.seed, spec=DigitsSpec())
     print(f"digits written to {root} (splits in {Path(root) / 'splits'})")
+
+
+def _data_coco(args) -> None:
+    """COCO's semantic masks ``<root>/masks/*.png`` from the instances files (needs pycocotools)."""
+    from .data.coco import build_coco_masks
+
+    if args.limit is not None and args.limit < 1:
+        raise S4kitError(f"--limit {args.limit}: expected a positive number of images")
+    root = Path(args.root or "data/coco")
+    files = args.annotations or [root / "annotations" / f"instances_{part}2017.json" for part in ("train", "val")]
+    for ann in files:
+        written = build_coco_masks(ann, root / "masks", limit=args.limit)
+        print(f"{len(written)} masks from {ann} in {root / 'masks'}")
 
 
 def _train(args) -> None:
@@ -97,10 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s4kit", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"s4kit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("data", help="build the embedded digits dataset on disk")
-    d.add_argument("dataset", help="digits")
-    d.add_argument("--root", default="data/digits", help="output folder (default data/digits)")
+    d = sub.add_parser("data", help="build the embedded digits dataset, or COCO's masks, on disk")
+    d.add_argument("dataset", help="digits | coco")
+    d.add_argument("--root", default=None, help="output folder (default data/digits); for coco the folder "
+                   "holding annotations/, where masks/ is written (default data/coco)")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--annotations", nargs="+", default=None, metavar="FILE",
+                   help="coco: instances_*.json files (default <root>/annotations/instances_{train,val}2017.json)")
+    d.add_argument("--limit", type=int, default=None, help="coco: only the first N images of each file")
     d.set_defaults(fn=_data)
     t = sub.add_parser("train", help="one training run (python -m s4kit.run train under torchrun)")
     t.add_argument("config", help="preset (digits/reco, pascal/prcl, ...) or YAML path")

@@ -35,12 +35,12 @@ class ConfigError(S4kitError, ValueError):
 class DataConfig:
     """Where the data lives, which split, and the weak-view geometry."""
 
-    dataset: str = "digits"  # digits | pascal | cityscapes
+    dataset: str = "digits"  # digits | pascal | cityscapes | coco
     root: str = "data/digits"
     splits: Optional[str] = None  # default: <root>/splits
     split: str = "1_16"
     num_classes: int = 11
-    label_format: str = "voc"  # voc (palette or grayscale ids) | cityscapes (gtFine labelIds -> train ids)
+    label_format: str = "voc"  # voc (palette or grayscale ids) | cityscapes (gtFine labelIds -> train ids) | coco
     crop_size: int = 32
     scale_range: list = field(default_factory=lambda: [0.8, 1.25])  # random rescale factors
     flip: bool = False  # horizontal flips (off for digits: flips change a digit's identity)
@@ -431,6 +431,7 @@ SPLIT_FAMILIES = {
     "blended": "VOC blended: 1/16-1/2 of the 10,582 set, CPS/ST++ lists (kit pascal/1_16..1_4)",
     "u2pl_blended": "VOC blended, U2PL lists (kit pascal/u2pl_1_16..u2pl_1_4)",
     "cps": "Cityscapes 1/16-1/2, CPS lists (kit cityscapes/1_16..1_2)",
+    "coco": "COCO 1/512-1/32 of train2017, PseudoSeg/PC²Seg lists as UniMatch ships them (kit coco/1_512..1_32)",
     "u2pl": "Cityscapes, U2PL lists (not in the kit)",
     "reco_sampler": "ReCo's seeded class-balanced sampler, seeds 0-2 (not in the kit)",
     "custom": "the paper's own list (see the notes)",
@@ -501,8 +502,10 @@ def _validate(cfg: DictConfig) -> None:
     pos = "a positive number"
     nonneg = "0 or a positive number"
     checks = [
-        (d.dataset in ("digits", "pascal", "cityscapes"), "data.dataset", "digits, pascal or cityscapes"),
-        (d.label_format in ("voc", "cityscapes"), "data.label_format", "voc or cityscapes"),
+        (d.dataset in ("digits", "pascal", "cityscapes", "coco"), "data.dataset", "digits, pascal, cityscapes or coco"),
+        (d.label_format in ("voc", "cityscapes", "coco"), "data.label_format", "voc, cityscapes or coco"),
+        (d.label_format != "coco" or d.num_classes == 81, "data.num_classes",
+         "81 with data.label_format=coco (background + the 80 COCO things)"),
         (cfg.device in ("cpu", "cuda", "auto"), "device", "cpu, cuda or auto"),
         (e.mode in ("full", "sliding", "crop"), "eval.mode", "full, sliding or crop"),
         (e.model in ("teacher", "student"), "eval.model", "teacher or student"),

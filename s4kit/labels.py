@@ -12,4 +12,15 @@ CLASS_NAMES = {
     "cityscapes": ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
                    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
                    "bicycle"),
+    # background + the 80 COCO 2017 thing categories in increasing category id (instances_*.json names;
+    # the UniMatch/AllSpark protocol, s4kit/data/coco.py)
+    "coco": ("background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+             "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse",
+             "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie",
+             "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove",
+             "skateboard", "surfboard", "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon",
+             "bowl", "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+             "cake", "chair", "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+             "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book",
+             "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush"),
 }

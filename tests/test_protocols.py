@@ -116,7 +116,7 @@ def test_protocol_page_is_up_to_date():
         "docs/protocols.md is stale: python -m s4kit.engine.report docs/protocols.md"
 
 
-def test_every_pascal_and_cityscapes_preset_has_a_card_and_digits_none():
+def test_every_pascal_cityscapes_and_coco_preset_has_a_card_and_digits_none():
     for name in available_presets():
         cfg = _preset(name)
         if name.startswith("digits/"):

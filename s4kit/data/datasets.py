@@ -1,4 +1,4 @@
-"""One dataset class for digits, PASCAL VOC 2012 and Cityscapes, driven by split files.
+"""One dataset class for digits, PASCAL VOC 2012, Cityscapes and COCO, driven by split files.
 
 Every sample is a dict: ``image`` float32 (3, H, W) normalised with ``data.mean/std``,
 ``mask`` int64 (H, W) with class ids and 255 = ignore, ``valid`` bool (H, W) (False on
@@ -13,6 +13,9 @@ Label files (reference/substrate.md §7, frameworks.md §B1):
   indices). Values must lie in ``0..K-1`` or be 255.
 * ``cityscapes``: ``*_gtFine_labelIds.png`` are mapped to the 19 train ids in code
   (``CITYSCAPES_LABEL_TO_TRAIN``); files named ``*labelTrainIds.png`` are read as train ids.
+* ``coco``: UniMatch's pre-converted ``masks/*.png`` (or ``s4kit data coco``'s) hold the class
+  index 0..80 (background + the 80 things, ``data/coco.py``) or 255, read as they are; a value
+  above 80 is refused (a mask holding raw COCO category ids, which run to 90, is named as such).
 """
 from __future__ import annotations
 
@@ -93,7 +96,7 @@ def read_mask(path: str | Path, num_classes: int, label_format: str = "voc") -> 
     Raises:
         DataError (one line, naming the file): unreadable, truncated or too large a file
             (as ``read_image``), a non-single-channel image, or a label id that is not in
-            ``0..num_classes-1`` / 255 (``voc``) or not a Cityscapes labelId
+            ``0..num_classes-1`` / 255 (``voc``, ``coco``) or not a Cityscapes labelId
             (``cityscapes``); the message names the offending value.
     """
     path = Path(path)
@@ -110,7 +113,10 @@ def read_mask(path: str | Path, num_classes: int, label_format: str = "voc") -> 
         return mapped
     invalid = (raw >= num_classes) & (raw != IGNORE_INDEX) | (raw < 0)
     if invalid.any():
-        raise DataError(f"{path}: unknown label id {int(raw[invalid][0])} (expected 0..{num_classes - 1} or 255)")
+        hint = ("; COCO masks hold the class index 1..80, not the COCO category id"
+                if label_format == "coco" else "")
+        raise DataError(f"{path}: unknown label id {int(raw[invalid][0])} "
+                        f"(expected 0..{num_classes - 1} or 255{hint})")
     return raw
 
 
@@ -139,7 +145,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             ``transforms.TrainTransform``; ``valid`` is False on padding.
         labeled: ``True`` yields ``mask``; ``False`` yields none, or ``hidden_mask`` if
             ``hidden_gt``.
-        label_format: ``voc`` or ``cityscapes`` (see ``read_mask``).
+        label_format: ``voc``, ``cityscapes`` or ``coco`` (see ``read_mask``).
         cache: keep decoded arrays in memory.
         resize: ``(height, width)`` every image and mask is resized to once when read (before
             any transform and before caching): images bicubic, masks nearest, so a mask keeps

@@ -143,6 +143,7 @@ def test_accumulated_step_equals_the_doubled_batch(digits_root, tmp_path):
 
 # ------------------------------------------------------------------ 2 gloo processes x 1 = 1 process x 2
 
+@pytest.mark.slow
 def test_one_process_accumulating_two_equals_two_gloo_processes(digits_root, tmp_path, monkeypatch):
     common = SETUP + ["train.global_batch=4", "train.batch_labeled=2", "train.batch_unlabeled=2", "train.log_every=1"]
     ddp_run, acc_run = tmp_path / "ddp", tmp_path / "acc"

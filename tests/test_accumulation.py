@@ -184,3 +184,15 @@ def test_one_process_accumulating_two_equals_two_gloo_processes(digits_root, tmp
     moved = {k: float((saved[k] - v).abs().max()) for k, v in init.state_dict().items() if v.is_floating_point()}
     assert max(v for k, v in moved.items() if k.startswith("student.")) > 1e-3
     assert max(v for k, v in moved.items() if k.startswith("teacher.")) > 1e-4  # the EMA moved too
+
+
+def test_css_epoch_counts_the_global_batch(digits_root, tmp_path):
+    """CSS's epoch (its warm-up and literal ramp-down unit) is n_labeled / global labeled batch:
+    8 labeled digits scenes, 2 per micro-batch, global batch 4 -> 2 iterations (not 4)."""
+    from s4kit.data.loaders import n_images
+    from s4kit.methods import build_method
+
+    base = tiny_overrides(digits_root, tmp_path / "r") + ["train.batch_labeled=2"]
+    assert n_images(load_config("digits/css", base), "labeled") == 8
+    assert build_method(load_config("digits/css", base + ["train.global_batch=4"])).epoch_length() == 2
+    assert build_method(load_config("digits/css", base)).epoch_length() == 4

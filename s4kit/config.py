@@ -126,6 +126,10 @@ class TrainConfig:
     seed: int = 0
     batch_labeled: int = 16
     batch_unlabeled: int = 16
+    # labeled images per optimiser step over all processes; null: batch_labeled x processes.
+    # Set, each process accumulates gradients over global_batch / (processes x batch_labeled)
+    # micro-batches (see accumulation_steps), so fewer GPUs keep a paper's batch and lr.
+    global_batch: Optional[int] = None
     checkpoint_every: int = 200
     log_every: int = 20
     eval_every: int = 0  # 0: evaluate only at the end
@@ -522,6 +526,8 @@ def _validate(cfg: DictConfig) -> None:
         (tr.iters > 0, "train.iters", pos),
         (tr.batch_labeled >= 2, "train.batch_labeled", "at least 2 (BatchNorm needs more than one value per channel)"),
         (tr.batch_unlabeled > 0, "train.batch_unlabeled", pos),
+        (tr.global_batch is None or (tr.global_batch > 0 and tr.global_batch % tr.batch_labeled == 0),
+         "train.global_batch", f"null or a positive multiple of train.batch_labeled={tr.batch_labeled}"),
         (tr.checkpoint_every > 0, "train.checkpoint_every", pos),
         (tr.log_every > 0, "train.log_every", pos),
         (tr.eval_every >= 0, "train.eval_every", nonneg),
@@ -572,6 +578,28 @@ def _validate(cfg: DictConfig) -> None:
                           "two positive integers")
     _validate_protocol(cfg)
     _require_pretrained(cfg)
+
+
+def accumulation_steps(global_batch: int | None, batch_labeled: int, world_size: int) -> int:
+    """Micro-batches per optimiser step: ``global_batch / (world_size * batch_labeled)``.
+
+    A process runs this many forward/backward passes on micro-batches of ``batch_labeled``
+    labeled (and ``train.batch_unlabeled`` unlabeled) images, summing gradients, before each
+    optimiser step; with ``world_size`` processes one step then sees ``global_batch`` labeled
+    images, as on the paper's GPUs. ``global_batch=None`` means ``world_size * batch_labeled``
+    (1 step). Examples: 16 = 4 GPUs x 4 x 1 = 1 GPU x 4 x 4 = 2 GPUs x 2 x 4.
+
+    Raises ``ConfigError`` (one line, naming the three values) when ``global_batch`` is not
+    a positive multiple of ``world_size * batch_labeled``.
+    """
+    if global_batch is None:
+        return 1
+    per_pass = world_size * batch_labeled
+    if global_batch <= 0 or global_batch % per_pass:
+        raise ConfigError(f"train.global_batch={global_batch} is not a multiple of {world_size} process(es) x "
+                          f"train.batch_labeled={batch_labeled} = {per_pass}: choose a global batch, batch or "
+                          "process count that divide exactly")
+    return global_batch // per_pass
 
 
 def _check_network_fields(m: DictConfig) -> None:

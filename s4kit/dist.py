@@ -6,6 +6,8 @@ the identity, so methods can call them unconditionally.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.distributed as dist
 
@@ -107,3 +109,16 @@ def average_gradients(params: list[torch.Tensor]) -> None:
     chunks = flat[:-len(params)].split([p.numel() for p in params])
     for p, g, n in zip(params, chunks, flat[-len(params):].tolist()):
         p.grad = (g / world_size()).view_as(p).clone() if n > 0 else None
+
+
+def no_sync(module: torch.nn.Module, skip: bool):
+    """Context in which DDP does not all-reduce the gradients of ``module``'s backward passes.
+
+    Gradient accumulation: on every micro-batch but the last of an optimiser step (``skip``
+    True) each rank only adds the local gradients into ``p.grad``; the last backward, outside
+    the context, all-reduces the sums once. ``contextlib.nullcontext()`` when ``skip`` is
+    False or ``module`` is not wrapped in ``DistributedDataParallel`` (one process).
+    """
+    if skip and isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        return module.no_sync()
+    return contextlib.nullcontext()

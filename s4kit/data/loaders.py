@@ -5,6 +5,11 @@ positions (t * W + r) * B .. + B - 1 of the concatenation of per-epoch permutati
 ``perm(seed, s, epoch)``; each sample's augmentation seed is derived from
 (seed, s, t, r, j). A run resumed at iteration t therefore sees exactly the batches an
 uninterrupted run would have seen, whatever ``num_workers``.
+
+With gradient accumulation (``train.global_batch``, A micro-batches per step) process r of
+W yields, per iteration, the A batches of "virtual ranks" r * A + k (k = 0 .. A - 1) of a
+world of W * A: one step sees the same images, with the same augmentation seeds, on 1 GPU
+x A micro-batches as on W * A GPUs, and a resume on another GPU count keeps the data.
 """
 from __future__ import annotations
 
@@ -25,13 +30,16 @@ class IterationBatchSampler(torch.utils.data.Sampler):
 
     Args:
         n: dataset length; batch_size: B per rank; seed, stream: stream identity;
-        start, total: iteration range; rank, world: this process and the world size.
+        start, total: iteration range; rank, world: this process and the world size;
+        accum: micro-batches per iteration (gradient accumulation): each iteration yields
+            ``accum`` batches, those of ranks ``rank * accum + k`` of a world of ``world * accum``.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, stream: int, start: int, total: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, accum: int = 1):
         self.n, self.b, self.seed, self.stream = n, batch_size, seed, stream
-        self.start, self.total, self.rank, self.world = start, total, rank, world
+        self.start, self.total, self.accum = start, total, accum
+        self.ranks, self.world = [rank * accum + k for k in range(accum)], world * accum
         self._epoch, self._perm = -1, None
 
     def _index(self, pos: int) -> int:
@@ -43,13 +51,14 @@ class IterationBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         for t in range(self.start, self.total):
-            first = (t * self.world + self.rank) * self.b
-            yield [(self._index(first + j),
-                    int(np.random.SeedSequence([self.seed, self.stream, t, self.rank, j]).generate_state(1)[0]))
-                   for j in range(self.b)]
+            for rank in self.ranks:
+                first = (t * self.world + rank) * self.b
+                yield [(self._index(first + j),
+                        int(np.random.SeedSequence([self.seed, self.stream, t, rank, j]).generate_state(1)[0]))
+                       for j in range(self.b)]
 
     def __len__(self) -> int:
-        return max(0, self.total - self.start)
+        return max(0, self.total - self.start) * self.accum
 
 
 def train_transform(cfg) -> TrainTransform:
@@ -78,8 +87,11 @@ def build_dataset(cfg, part: str, train: bool = True) -> SegmentationDataset:
         resize=None if d.resize is None else tuple(d.resize))
 
 
-def build_train_streams(cfg, start: int = 0, rank: int = 0, world: int = 1, need_unlabeled: bool = True):
-    """Iterators over labeled (and unlabeled) training batches from iteration ``start``."""
+def build_train_streams(cfg, start: int = 0, rank: int = 0, world: int = 1, need_unlabeled: bool = True,
+                        accum: int = 1):
+    """Iterators over labeled (and unlabeled) training batches from iteration ``start``;
+    ``accum`` consecutive batches per iteration (the micro-batches of gradient accumulation,
+    see ``IterationBatchSampler``)."""
     streams = []
     for part, stream, bsz in (("labeled", LABELED, cfg.train.batch_labeled),
                               ("unlabeled", UNLABELED, cfg.train.batch_unlabeled)):
@@ -87,7 +99,8 @@ def build_train_streams(cfg, start: int = 0, rank: int = 0, world: int = 1, need
             streams.append(None)
             continue
         ds = build_dataset(cfg, part, train=True)
-        sampler = IterationBatchSampler(len(ds), bsz, cfg.train.seed, stream, start, cfg.train.iters, rank, world)
+        sampler = IterationBatchSampler(len(ds), bsz, cfg.train.seed, stream, start, cfg.train.iters, rank, world,
+                                        accum)
         loader = torch.utils.data.DataLoader(
             ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
             generator=torch.Generator().manual_seed(cfg.train.seed),

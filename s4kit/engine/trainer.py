@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 from .. import __version__, dist
 from ..io import RunLock, atomic_path, atomic_write_text, json_dumps
-from ..config import NO_WEIGHTS, ConfigError, from_yaml, to_yaml
+from ..config import NO_WEIGHTS, ConfigError, accumulation_steps, from_yaml, to_yaml
 from ..errors import S4kitError, first_line
 from ..data.loaders import build_dataset, build_train_streams, n_images
 from ..methods import build_method
@@ -345,35 +345,67 @@ def load_method_state(method, state: dict, source: str | Path = "checkpoint") ->
                               "was it written by another method or model?") from None
 
 
-def training_step(method, optimizer, labeled: dict, unlabeled: dict | None, iteration: int,
+def training_step(method, optimizer, labeled: dict | list[dict], unlabeled: dict | list | None, iteration: int,
                   grad_clip: float | None = None, amp: bool = False, extras: list | tuple = (),
                   where: str = "") -> tuple[dict, torch.Tensor]:
     """One optimisation step of the trainer (the benchmarks time exactly this).
 
-    ``method.train_step`` (under bf16 autocast if ``amp``), L = the sum of its ``loss*``
-    entries, ``backward`` (DDP averages the student's gradients on the way), the gradients of
-    the ``extras`` (extra heads outside DDP) averaged over ranks, clipping of every trainable
-    parameter at ``grad_clip``, ``optimizer.step`` and ``method.after_step`` (the EMA update).
+    For each of the A micro-batches (``labeled`` a dict: A = 1; a list of A dicts, with
+    ``unlabeled`` a list of A dicts or Nones: gradient accumulation, ``train.global_batch``):
+    ``method.train_step`` (under bf16 autocast if ``amp``), L_k = the sum of its ``loss*``
+    entries, ``backward`` of L_k / A, DDP's all-reduce skipped (``dist.no_sync``) on all but
+    the last micro-batch; so the summed gradient is
 
-    Returns ``(outputs of train_step, L)``. Raises ``NonFiniteLossError`` naming the
-    iteration and the non-finite losses (``where`` is appended) before any weight changes.
+        g = 1/(W A) sum_{r, k} grad L_{r,k}
+
+    over the W ranks and A micro-batches: the gradient of the mean loss of the global batch
+    when each L is a mean over its batch (an average of per-micro-batch losses otherwise, as
+    DDP is over ranks). Then once per step: the gradients of the ``extras`` (extra heads
+    outside DDP) averaged over ranks, clipping of every trainable parameter at ``grad_clip``,
+    ``optimizer.step`` and ``method.after_step`` (the EMA update). ``method.iteration`` is
+    ``iteration`` for every micro-batch (ramps and schedules count optimiser steps).
+
+    Returns ``(outputs, L)``: with A = 1 the outputs of ``train_step`` and L; else every output
+    averaged over the micro-batches that produced it (float tensors) and the mean L.
+    Raises ``NonFiniteLossError`` naming the iteration and the non-finite losses (``where`` is
+    appended) before any weight changes.
     """
+    micro = list(labeled) if isinstance(labeled, (list, tuple)) else [labeled]
+    micro_u = list(unlabeled) if isinstance(unlabeled, (list, tuple)) else [unlabeled] * len(micro)
+    if len(micro_u) != len(micro):
+        raise ValueError(f"training_step: {len(micro)} labeled but {len(micro_u)} unlabeled micro-batches")
+    steps = len(micro)
     method.iteration = iteration
     device_type = next(method.parameters()).device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-        out = method.train_step(labeled, unlabeled)
-    losses = {k: v for k, v in out.items() if k.startswith("loss")}
-    total = sum(v.float() for v in losses.values())
-    if not torch.isfinite(total):
-        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach())}
-        raise NonFiniteLossError(f"iteration {iteration}: non-finite loss {bad}{where}")
     optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    outs, totals = [], []
+    for i, (lab, unl) in enumerate(zip(micro, micro_u)):
+        with dist.no_sync(method.student, skip=i < steps - 1):
+            with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+                out = method.train_step(lab, unl)
+            losses = {k: v for k, v in out.items() if k.startswith("loss")}
+            total = sum(v.float() for v in losses.values())
+            if not torch.isfinite(total):
+                bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v.detach())}
+                micro_where = f" (micro-batch {i + 1} of {steps})" if steps > 1 else ""
+                raise NonFiniteLossError(f"iteration {iteration}: non-finite loss {bad}{micro_where}{where}")
+            (total / steps if steps > 1 else total).backward()
+        outs.append(out)
+        totals.append(total.detach())
     dist.average_gradients(extras)
     clip_gradients(method, grad_clip)
     optimizer.step()
     method.after_step(iteration)
-    return out, total
+    if steps == 1:
+        return outs[0], total
+    return _mean_outputs(outs), torch.stack(totals).mean()
+
+
+def _mean_outputs(outs: list[dict]) -> dict:
+    """Per key, the mean over the micro-batches' outputs holding it, as detached float tensors."""
+    keys = list(dict.fromkeys(k for out in outs for k in out))
+    return {k: torch.tensor([float(o[k].detach()) if isinstance(o[k], torch.Tensor) else float(o[k])
+                             for o in outs if k in o]).mean() for k in keys}
 
 
 def build_checked(cfg, pretrained: bool = True):
@@ -450,7 +482,8 @@ def train(cfg, progress: bool = True) -> dict:
     then claimed (``claim_run_dir``) and locked (``RunLock``) for the whole run.
 
     Raises:
-        ConfigError: invalid options, a foreign or mismatching run folder (see ``prepare_run_dir``).
+        ConfigError: invalid options, a foreign or mismatching run folder (see ``prepare_run_dir``),
+            a ``train.global_batch`` that processes x ``train.batch_labeled`` does not divide.
         RunFolderBusy: another process trains into the same ``run.dir``.
         CheckpointError: a corrupt, unsafe or mismatching ``last.pt``.
         NonFiniteLossError: a loss or, at a checkpoint, a weight became NaN/inf (the message
@@ -461,6 +494,7 @@ def train(cfg, progress: bool = True) -> dict:
     rank = dist.rank()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    accumulation_steps(cfg.train.global_batch, cfg.train.batch_labeled, dist.world_size())  # ConfigError early
     seed_everything(cfg.train.seed + rank, cfg.train.deterministic)
     method = build_checked(cfg).to(device)
     lock = None
@@ -546,8 +580,8 @@ def checkpoint(method, optimizer, progress: Progress, step: int, ckpt_path: Path
 
 
 def _train(cfg, method, device: torch.device, show_progress: bool) -> dict:
-    """The loop: prepare the folder, resume, then per iteration: lr, batches, ``training_step``,
-    snapshot, log row, checkpoint; then ``finalize``."""
+    """The loop: prepare the folder, resume, then per iteration (one optimiser step): lr, the
+    step's (micro-)batches, ``training_step``, snapshot, log row, checkpoint; then ``finalize``."""
     rank, world = dist.rank(), dist.world_size()
     run_dir, state = prepare_run_dir(cfg, device)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -563,7 +597,9 @@ def _train(cfg, method, device: torch.device, show_progress: bool) -> dict:
     run = resume(method, optimizer, state, ckpt_path)
     log = CSVLog(run_dir / "log.csv", keep_until=run.start, enabled=rank == 0)
 
-    labeled_it, unlabeled_it = build_train_streams(cfg, run.start, rank, world, need_unlabeled=method.uses_unlabeled)
+    accum = accumulation_steps(cfg.train.global_batch, cfg.train.batch_labeled, world)
+    labeled_it, unlabeled_it = build_train_streams(cfg, run.start, rank, world, need_unlabeled=method.uses_unlabeled,
+                                                   accum=accum)
     amp = device.type == "cuda" and cfg.train.amp
     o, T = cfg.optim, cfg.train.iters
     from tqdm.auto import tqdm
@@ -580,8 +616,12 @@ def _train(cfg, method, device: torch.device, show_progress: bool) -> dict:
         lr = poly_lr(o.lr, t, T, o.power, o.min_lr, o.warmup_iters)
         for g in optimizer.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        labeled = _to_device(next(labeled_it), device, channels_last)
-        unlabeled = _to_device(next(unlabeled_it), device, channels_last) if unlabeled_it is not None else None
+        # accum micro-batches per optimiser step (train.global_batch); everything else once per step
+        labeled = [_to_device(next(labeled_it), device, channels_last) for _ in range(accum)]
+        unlabeled = [_to_device(next(unlabeled_it), device, channels_last) if unlabeled_it is not None else None
+                     for _ in range(accum)]
+        if accum == 1:
+            labeled, unlabeled = labeled[0], unlabeled[0]
         out, total = training_step(method, optimizer, labeled, unlabeled, t, o.grad_clip, amp, extras,
                                    where=f" in run {run_dir} ({_healthy(ckpt_path, run.saved_step)})")
         for k, v in out.items():
@@ -607,9 +647,11 @@ def _healthy(ckpt_path: Path, step: int | None) -> str:
 
 
 def _images_per_iter(cfg, method) -> int:
-    """Training images per iteration over all ranks (labeled + unlabeled streams)."""
-    per_rank = cfg.train.batch_labeled + (cfg.train.batch_unlabeled if method.uses_unlabeled else 0)
-    return per_rank * dist.world_size()
+    """Training images per iteration (optimiser step) over all ranks and micro-batches
+    (labeled + unlabeled streams)."""
+    per_pass = cfg.train.batch_labeled + (cfg.train.batch_unlabeled if method.uses_unlabeled else 0)
+    world = dist.world_size()
+    return per_pass * world * accumulation_steps(cfg.train.global_batch, cfg.train.batch_labeled, world)
 
 
 def _evaluate(cfg, method, device) -> dict:
@@ -681,6 +723,7 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
         "peak_memory_mb": peak_memory_mb(device), "device": str(device.type), "world_size": dist.world_size(),
         "batch_labeled": cfg.train.batch_labeled,
         "batch_unlabeled": cfg.train.batch_unlabeled if method.uses_unlabeled else 0,
+        "accumulation_steps": accumulation_steps(cfg.train.global_batch, cfg.train.batch_labeled, dist.world_size()),
         "s4kit_version": __version__, "git_sha": git_sha(),
     }
     unlabeled_batches = None

@@ -195,11 +195,15 @@ class CSS(Method):
                 "mix": (s["y_mix"], s["q_logit"].masked_fill(s["y_mix"] == IGNORE_INDEX, 0.0))}
 
     def epoch_length(self) -> int:
-        """Iterations per labelled-loader epoch: floor(n_labeled / global labeled batch), >= 1."""
+        """Iterations per labelled-loader epoch: floor(n_labeled / global labeled batch), >= 1; the
+        global batch counts every process and accumulated micro-batch (``train.global_batch``)."""
         if self._epoch_length is None:
+            from ..config import accumulation_steps
             from ..data.loaders import n_images
 
-            per_iter = int(self.cfg.train.batch_labeled) * dist.world_size()
+            t = self.cfg.train
+            per_iter = int(t.batch_labeled) * dist.world_size() * accumulation_steps(
+                t.global_batch, t.batch_labeled, dist.world_size())
             self._epoch_length = max(1, n_images(self.cfg, "labeled") // per_iter)
         return self._epoch_length
 

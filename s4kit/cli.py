@@ -8,6 +8,7 @@
     s4kit viz RUN_DIR [RUN_DIR ...] [--out FILE]
     s4kit report RUNS_DIR [--csv]
     s4kit export RUN_DIR --out model.safetensors
+    s4kit import allspark CKPT --out RUN_DIR [--config PRESET] [key=value ...]
 
 A user's mistake (unknown preset or key, bad value, missing split file, bad label, corrupt
 checkpoint) and an I/O failure (permission, no space) print one line ``s4kit: error: ...``
@@ -109,6 +110,13 @@ def _export(args) -> None:
     print(f"weights written to {out} (safetensors; the run's config is in its metadata)")
 
 
+def _import(args) -> None:
+    from .engine.importers import import_allspark
+
+    run = import_allspark(args.ckpt, args.out, args.config, args.overrides)
+    print(f"imported {args.ckpt} into {run}; evaluate it with: s4kit eval {run}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every ``s4kit`` subcommand."""
     from . import __version__
@@ -155,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output file, e.g. model.safetensors")
     x.add_argument("--force", action="store_true", help="replace --out if it exists")
     x.set_defaults(fn=_export)
+    im = sub.add_parser("import", help="an official checkpoint as an s4kit run folder (s4kit eval reads it)")
+    im.add_argument("method", choices=["allspark"], help="whose checkpoint: allspark (xmed-lab/AllSpark)")
+    im.add_argument("ckpt", help="the official checkpoint (latest.pth / best.pth)")
+    im.add_argument("--out", required=True, help="the new run folder")
+    im.add_argument("--config", default=None,
+                    help="preset or YAML (default by class count: 21 pascal/allspark, 19 cityscapes/allspark)")
+    im.add_argument("overrides", nargs="*", help="key=value config overrides (data.root=..., data.crop_size=...)")
+    im.set_defaults(fn=_import)
     return p
 
 
@@ -172,7 +188,12 @@ def one_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 a bug in s4kit, 2 user error or I/O failure,
     130 interrupted)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "import":  # key=value overrides may follow --out
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.fn(args)
     except (S4kitError, OSError) as exc:

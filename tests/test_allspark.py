@@ -282,7 +282,8 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
     # §13.14: the unlabeled half of the training forward is the weak crop itself (no photometric
     # view, no mixing), and L = 1/2 L_x + 1/2 L_u with L_u the plain CE on the eval-mode argmax
     n_l, size = labeled["image"].shape[0], unlabeled["image"].shape[-2:]
-    up = lambda t: F.interpolate(t, size=size, mode="bilinear", align_corners=True)  # noqa: E731
+    # logits are resized with align_corners=False (official SemiDecoder.forward), not the ReCo family's True
+    up = lambda t, ac=False: F.interpolate(t, size=size, mode="bilinear", align_corners=ac)  # noqa: E731
     pseudo = up(method.pseudo_label_forward(unlabeled["image"])).argmax(1)  # before the step updates BN statistics
     seen, forward = {}, method.student.forward
     method.student.forward = lambda x: seen.update(x=x, out=forward(x)) or seen["out"]
@@ -290,6 +291,16 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
     del method.student.forward
     assert torch.equal(seen["x"][n_l:], unlabeled["image"])
     assert torch.allclose(out["loss_unsup"], 0.5 * F.cross_entropy(up(seen["out"]["logits"][n_l:]), pseudo), atol=1e-5)
+    logits_l = seen["out"]["logits"][:n_l]
+    assert torch.allclose(out["loss_sup"], 0.5 * F.cross_entropy(up(logits_l), labeled["mask"], ignore_index=255),
+                          atol=1e-5)
+    wrong = 0.5 * F.cross_entropy(up(logits_l, True), labeled["mask"], ignore_index=255)
+    assert abs(out["loss_sup"].item() - wrong.item()) > 1e-4  # the check tells the two conventions apart
+    pseudo_true = up(method.pseudo_label_forward(unlabeled["image"]), True).argmax(1)
+    assert not torch.equal(pseudo_true, up(method.pseudo_label_forward(unlabeled["image"])).argmax(1))
+    raw = method.forward_eval(unlabeled["image"])["logits"].float()  # evaluation: the same resize
+    assert torch.allclose(method.predict(unlabeled["image"]), up(raw), atol=1e-6)
+    assert not torch.allclose(method.predict(unlabeled["image"]), up(raw, True), atol=1e-3)
     cfg2 = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path / "b", iters=16)
                        + ["method.framework=unimatch_allspark", "method.confidence_threshold=0.0",
                           "augment.mix=cutmix", "method.unsup_warmup_fraction=0.5", "method.pl_forward=memory",

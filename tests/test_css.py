@@ -9,7 +9,7 @@ import s4kit.methods.css as css_module
 from s4kit.config import ConfigError, load_config
 from s4kit.data.loaders import build_train_streams
 from s4kit.losses.css import (anchor_weights, class_sums, contrast_rampdown, css_contrast_loss, ema_prototypes,
-                              max_rep_confidence, mix_labels, rep_distribution)
+                              max_rep_confidence, mix_labels, mix_unsupervised_loss, rep_distribution)
 from s4kit.methods import build_method
 from s4kit.methods.base import downsample_labels
 from s4kit.methods.css import label_spaces
@@ -157,9 +157,11 @@ def _capture(method, labeled, unlabeled):
     """Run one step with augment.mix=none; return the teacher's label spaces and what the
     losses received."""
     got = {}
-    real_u, real_c = css_module.unsupervised_ce, css_module.css_contrast_loss
+    real_u, real_c, real_m = css_module.unsupervised_ce, css_module.css_contrast_loss, css_module.mix_unsupervised_loss
     css_module.unsupervised_ce = lambda kind, logits, y, q, t: got.update(u_label=y, u_conf=q) or real_u(kind, logits,
                                                                                                         y, q, t)
+    css_module.mix_unsupervised_loss = lambda logits, y, q, t, w, k: got.update(
+        u_label=y, u_conf=q, weighting=w) or real_m(logits, y, q, t, w, k)
     css_module.css_contrast_loss = lambda rep, y, v, *a: got.update(c_label=y, c_valid=v) or real_c(rep, y, v, *a)
     try:
         with torch.no_grad():
@@ -168,6 +170,7 @@ def _capture(method, labeled, unlabeled):
         method.train_step(labeled, unlabeled)
     finally:
         css_module.unsupervised_ce, css_module.css_contrast_loss = real_u, real_c
+        css_module.mix_unsupervised_loss = real_m
     return spaces, got
 
 
@@ -197,7 +200,9 @@ def test_mix_mode_feeds_the_intersection_to_both_losses(digits_root, tmp_path):
     _seed_prototypes(method)
     s, got = _capture(method, labeled, unlabeled)
     assert torch.equal(got["u_label"], s["y_mix"])
-    assert (got["u_conf"][s["y_mix"] == 255] == 0).all()
+    # L_u receives q^lgt itself (not zeroed where the spaces disagree) and the paper weighting
+    assert torch.equal(got["u_conf"], s["q_logit"]) and got["weighting"] == "paper"
+    assert (s["y_mix"] == 255).any() and (got["u_conf"][s["y_mix"] == 255] > 0).any()
     b = labeled["image"].shape[0]
     c = got["c_label"][b:][got["c_valid"][b:]]
     grid = got["c_label"].shape[-2:]
@@ -310,3 +315,68 @@ def test_a_css_run_draws_its_label_sources(digits_root, tmp_path):
     mt = tmp_path / "mt"
     train(load_config("digits/meanteacher", tiny_overrides(digits_root, mt, iters=2)), progress=False)
     assert (mt / "figures" / "pseudo_labels.png").exists() and not (mt / "figures" / "label_sources.png").exists()
+
+
+# -- L_u weighting on mix labels (paper Eq. 8 / official code / agreeing-only) ------------------
+# Two images of 2 x 3 pixels, K = 3, delta_u = 0.97. 255 = the spaces disagree.
+MIX_Y = [[0, 1, 255, 2, 255, 0], [1, 1, 255, 255, 255, 2]]
+MIX_Q = [[0.99, 0.5, 0.98, 0.99, 0.2, 0.97], [0.99, 0.99, 0.99, 0.99, 0.5, 0.1]]
+MIX_V = [[2.0, -1.0, 0.0, 0.5, 0.0, 1.5], [3.0, 0.2, 0.0, 0.0, 0.0, -0.5]]  # the target class's logit
+
+
+def _mix_example():
+    """Logits 0 except v_p on the label's class, so CE_p = log(e^v_p + 2) - v_p by hand."""
+    y = torch.tensor(MIX_Y).view(2, 2, 3)
+    q = torch.tensor(MIX_Q).view(2, 2, 3)
+    logits = torch.zeros(2, 3, 2, 3)
+    for b in range(2):
+        for p in range(6):
+            if MIX_Y[b][p] != 255:
+                logits[b, MIX_Y[b][p], p // 3, p % 3] = MIX_V[b][p]
+    ce = [[math.log(math.exp(v) + 2) - v for v in row] for row in MIX_V]
+    return logits, y, q, ce
+
+
+def _mix_oracle(mode):
+    _, _, _, ce = _mix_example()
+    agree = [[MIX_Y[b][p] != 255 for p in range(6)] for b in range(2)]
+    conf = [[MIX_Q[b][p] >= 0.97 for p in range(6)] for b in range(2)]
+    if mode == "paper":  # plain mean over the confident agreeing pixels: (0,0) (0,3) (0,5) (1,0) (1,1)
+        vals = [ce[b][p] for b in range(2) for p in range(6) if agree[b][p] and conf[b][p]]
+        return sum(vals) / len(vals)
+    # per-image weights: code 4/4 and 4/3 (confident pixels, agreeing or not, over 4 and 3 agreeing);
+    # agree 3/4 and 2/3 (confident *and* agreeing)
+    w = {"code": [4 / 4, 4 / 3], "agree": [3 / 4, 2 / 3]}[mode]
+    vals = [w[b] * ce[b][p] for b in range(2) for p in range(6) if agree[b][p]]
+    return sum(vals) / len(vals)
+
+
+@pytest.mark.parametrize("mode", ["paper", "code", "agree"])
+def test_mix_unsupervised_loss_weightings_equal_hand_computation(mode):
+    logits, y, q, _ = _mix_example()
+    got = mix_unsupervised_loss(logits, y, q, 0.97, mode)
+    assert got.item() == pytest.approx(_mix_oracle(mode), rel=1e-6)
+    for other in {"paper", "code", "agree"} - {mode}:  # the three are told apart by this example
+        assert abs(_mix_oracle(other) - got.item()) > 1e-3
+
+
+def test_mix_unsupervised_loss_code_weight_exceeds_one_and_zero_without_samples():
+    logits, y, q, ce = _mix_example()
+    only_b1 = mix_unsupervised_loss(logits[1:], y[1:], q[1:], 0.97, "code")
+    agreeing = [ce[1][p] for p in range(6) if MIX_Y[1][p] != 255]
+    assert only_b1.item() == pytest.approx(4 / 3 * sum(agreeing) / len(agreeing), rel=1e-6)
+    low = mix_unsupervised_loss(logits.requires_grad_(), y, torch.full_like(q, 0.5), 0.97, "paper")
+    assert low.item() == 0 and low.requires_grad
+    with pytest.raises(ValueError, match="nosuch"):
+        mix_unsupervised_loss(logits, y, q, 0.97, "nosuch")
+
+
+def test_mix_weighting_option_reaches_the_loss_and_masked_needs_agree(digits_root, tmp_path):
+    method, labeled, unlabeled = _method(digits_root, tmp_path, "method.mix_weighting=code")
+    _seed_prototypes(method)
+    _, got = _capture(method, labeled, unlabeled)
+    assert got["weighting"] == "code"
+    with pytest.raises(ConfigError, match="method.unsup_loss='masked'"):
+        load_config("digits/css", tiny_overrides(digits_root, tmp_path) + ["method.unsup_loss=masked"])
+    load_config("digits/css", tiny_overrides(digits_root, tmp_path) + ["method.unsup_loss=masked",
+                                                                      "method.mix_weighting=agree"])

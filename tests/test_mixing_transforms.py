@@ -71,6 +71,15 @@ def test_cutmix_box_area_is_half_and_partner_is_a_permutation():
     assert sorted(idx.tolist()) == list(range(8)) and (idx != torch.arange(8)).all()
 
 
+def test_cutmix_box_never_spans_the_full_width():
+    """ReCo's generate_cutout_mask draws w with np.random.randint(W/2 + 1, W): W excluded."""
+    torch.manual_seed(0)
+    for width in (8, 9, 32):
+        m = cutmix_masks(400, 16, width)
+        box_w = (m == 0).any(1).sum(1)  # columns touched by the box
+        assert box_w.max() == width - 1 and box_w.min() == width // 2 + 1  # the whole range, W never
+
+
 def test_classmix_picks_half_of_the_present_classes():
     torch.manual_seed(0)
     labels = torch.tensor([[[0, 1, 2, 3], [4, 4, 255, 0]]]).repeat(3, 1, 1)

@@ -12,7 +12,10 @@ from s4kit.losses.prcl import (distribution_prototypes, mls, precision_stats, pr
                                rampdown_weight, variance_regularizer)
 from s4kit.methods import build_method
 from s4kit.methods.prcl import error_auroc
-from s4kit.models.probability import ProbabilityHead
+import copy
+
+import s4kit.methods.prcl as prcl_module
+from s4kit.models.probability import ProbabilisticNet, ProbabilityHead
 
 from conftest import tiny_overrides
 
@@ -246,3 +249,62 @@ def test_ijcv_interpretation_step_runs(digits_root, tmp_path):
         labeled, unlabeled = (next(s) for s in streams)
         out = method.train_step(labeled, unlabeled)
         assert torch.isfinite(out["loss_contrast"])
+
+
+# -- the probability head on the joint batch (official ddp_model.py) vs per stream -----------------
+class _FeatNet(torch.nn.Module):
+    """A stand-in network: ``feat`` is the input itself, so two streams can be told apart."""
+
+    def forward(self, x):
+        return {"logits": x[:, :2], "rep": x[:, :4], "feat": x}
+
+
+def test_joint_sigma_head_equals_the_head_on_the_concatenation_and_differs_per_stream():
+    torch.manual_seed(0)
+    head = ProbabilityHead(6, 4)
+    xl = torch.randn(2, 6, 3, 3)
+    xu = 3.0 + 2.0 * torch.randn(3, 6, 3, 3)  # another mean and spread: per-stream BN statistics differ
+    joint = ProbabilisticNet(_FeatNet(), copy.deepcopy(head), "feat", "joint").train()
+    per = ProbabilisticNet(_FeatNet(), copy.deepcopy(head), "feat", "per_stream").train()
+    assert "sigma2" not in joint(xl)  # in training the joint net leaves sigma^2 to the caller
+    got = joint(None, features=torch.cat([joint(xl)["feat"], joint(xu)["feat"]]))["sigma2"]
+    oracle = copy.deepcopy(head).train()(torch.cat([xl, xu]))  # one BatchNorm batch of 5 images
+    assert torch.allclose(got, oracle, atol=1e-6)
+    streams = torch.cat([per(xl)["sigma2"], per(xu)["sigma2"]])
+    assert (streams - got).abs().max() > 1e-2
+    assert torch.allclose(streams, torch.cat([copy.deepcopy(head).train()(xl), copy.deepcopy(head).train()(xu)]),
+                          atol=1e-6)
+    joint.eval()  # evaluation: running statistics, sigma^2 in every forward
+    assert joint(xl)["sigma2"].shape == (2, 4, 3, 3)
+    with pytest.raises(ValueError, match="sigma_batch"):
+        ProbabilisticNet(_FeatNet(), head, "feat", "both")
+
+
+@pytest.mark.parametrize("mode", ["joint", "per_stream"])
+def test_prcl_loss_reads_the_sigma2_of_its_sigma_head_batch(digits_root, tmp_path, mode):
+    cfg = load_config("digits/prcl", tiny_overrides(digits_root, tmp_path) + [f"method.sigma_head_batch={mode}"])
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    labeled, unlabeled = (next(s) for s in build_train_streams(cfg, 0, need_unlabeled=True))
+    head0 = copy.deepcopy(method.student.sigma_head)  # its BN state before the step
+    calls, seen = [], {}
+    method.student.sigma_head.register_forward_hook(lambda m, i, o: calls.append((i[0].detach(), o.detach())))
+    real = prcl_module.prcl_loss
+    prcl_module.prcl_loss = lambda mu, sigma2, *a, **k: seen.update(sigma2=sigma2.detach()) or real(mu, sigma2, *a, **k)
+    try:
+        method.train_step(labeled, unlabeled)
+    finally:
+        prcl_module.prcl_loss = real
+    b_l, b_u = labeled["image"].shape[0], unlabeled["image"].shape[0]
+    feats = torch.cat([x for x, _ in calls])
+    assert feats.shape[0] == b_l + b_u
+    if mode == "joint":  # one head call on the labeled + unlabeled features, one BN batch
+        assert [x.shape[0] for x, _ in calls] == [b_l + b_u]
+        want = head0.train()(feats)
+    else:
+        assert [x.shape[0] for x, _ in calls] == [b_l, b_u]
+        want = torch.cat([copy.deepcopy(head0).train()(x) for x, _ in calls])
+    assert torch.allclose(seen["sigma2"], want, atol=1e-6)
+    other = torch.cat([copy.deepcopy(head0).train()(feats[:b_l]), copy.deepcopy(head0).train()(feats[b_l:])]) \
+        if mode == "joint" else copy.deepcopy(head0).train()(feats)
+    assert (seen["sigma2"] - other).abs().max() > 1e-4  # the two modes give different sigma^2 here

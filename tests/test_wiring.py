@@ -188,7 +188,13 @@ def _losses(out):
 
 # -- the views each network sees -------------------------------------------------------------------
 def _record_inputs(module, store):
-    return module.register_forward_pre_hook(lambda mod, args: store.append(args[0].detach().clone()))
+    """Record the image input of every forward (prcl's joint sigma^2 call, ``student(None,
+    features=...)``, carries no image)."""
+    def hook(mod, args):
+        if args and args[0] is not None:
+            store.append(args[0].detach().clone())
+
+    return module.register_forward_pre_hook(hook)
 
 
 def _unlabeled_rows(student_inputs, labeled_image):
@@ -265,6 +271,8 @@ def _perturb_student_rep(u, images, seed=5):
 
     def hook(module, args, out):
         x = args[0]
+        if x is None:  # prcl's joint sigma^2 call (student(None, features=...)): no image rows
+            return out
         targets = [r for r in range(x.shape[0]) for b in images if torch.allclose(x[r], u[b], atol=1e-5)]
         if not targets:
             return out

@@ -6,8 +6,11 @@ with its partner pi(i) = (i + 1) mod B through a binary mask M_i (1 = keep image
 
     x~_i = M_i * x_i + (1 - M_i) * x_pi(i),   y^~_i, q~_i likewise              (S2)
 
-* CutMix: a box of area HW/2 comes from the partner: width w ~ U{W/2 + 1 .. W}, height
-  round(HW / 2 / w), uniform position; M_i = 0 inside the box.
+* CutMix: a box of area HW/2 comes from the partner: width w ~ U{floor(W/2) + 1 .. W - 1}
+  (ReCo ``generate_cutout_mask``: ``np.random.randint(W/2 + 1, W)`` excludes W, so the box
+  never spans the full width), height round(HW / 2 / w), uniform position; M_i = 0 inside
+  the box. (UniMatch draws a different box: area U(0.02, 0.4) HW, aspect U(0.3, 1/0.3),
+  pasted with p = 0.5; not offered here.)
 * ClassMix: M_i(p) = 1[y^_i(p) in S_i], S_i a uniformly random subset of floor(K_i / 2)
   of the K_i distinct pseudo-classes of image i (ignore 255 excluded, an s4kit choice).
 
@@ -22,11 +25,17 @@ from ..labels import IGNORE_INDEX
 
 
 def cutmix_masks(batch: int, height: int, width: int, device=None) -> torch.Tensor:
-    """Binary CutMix masks, float (B, H, W): 0 inside a box of area ~HW/2, 1 elsewhere."""
+    """Binary CutMix masks, float (B, H, W): 0 inside a box of area ~HW/2, 1 elsewhere.
+
+    Box width w ~ U{floor(W/2) + 1 .. W - 1} (ReCo's convention: never the full width; for
+    W < 4 that range is empty and w = W - 1 or 1), height min(H, round(HW / 2 / w)).
+    """
     masks = torch.ones(batch, height, width, device=device)
     area = height * width / 2
+    lo, hi = width // 2 + 1, max(width - 1, 1)
     for b in range(batch):
-        w = int(torch.randint(width // 2 + 1, width + 1, ()).item())
+        # w ~ U{W/2 + 1 .. W - 1}; torch.randint's high is exclusive, as numpy's in ReCo
+        w = int(torch.randint(lo, hi + 1, ()).item()) if lo <= hi else hi
         h = min(height, int(round(area / w)))
         y0 = int(torch.randint(0, height - h + 1, ()).item())
         x0 = int(torch.randint(0, width - w + 1, ()).item())

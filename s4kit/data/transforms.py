@@ -2,7 +2,9 @@
 
 * Weak view, per sample in the data loader (reference/substrate.md §4, frameworks.md §A3):
   random rescale by s ~ U(scale_range), random crop to ``crop_size`` with padding
-  (image 0, mask 255), horizontal flip with p = 0.5 (off for digits). Image and mask are
+  (image 0, mask 255; UniMatch's convention; the ReCo family pads images by reflection on
+  the right and bottom, ReCo ``build_data.py`` ``transform``: padded pixels carry no label
+  either way), horizontal flip with p = 0.5 (off for digits). Image and mask are
   ``tv_tensors.Image`` / ``tv_tensors.Mask``, so v2 moves them jointly (masks with
   nearest interpolation).
 * Strong view, per image on the training device after pseudo-labelling and mixing:

@@ -43,7 +43,7 @@ def ohem_ce(logits: torch.Tensor, labels: torch.Tensor, thresh: float = 0.7, min
 
 
 def unsupervised_weighted_ce(logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
-                             threshold: float = 0.97) -> torch.Tensor:
+                             threshold: float = 0.97, count_ignored: bool = False) -> torch.Tensor:
     """ReCo's unsupervised loss (S4): a per-image weight, not a per-pixel mask.
 
         w_b = #{p in b: q_p >= delta_u} / #{p in b: y^_p != 255}
@@ -52,8 +52,12 @@ def unsupervised_weighted_ce(logits: torch.Tensor, pseudo: torch.Tensor, confide
     Args:
         logits: student logits (B, K, H, W) on the strong view.
         pseudo: pseudo-labels (B, H, W), 255 where ignored (padding, mix disagreement).
-        confidence: teacher max-softmax (B, H, W); ignored pixels do not count.
+        confidence: teacher max-softmax (B, H, W); ignored pixels do not count in the
+            numerator unless ``count_ignored``.
         threshold: delta_u (0.97 in ReCo, PRCL, CSS).
+        count_ignored: count confident pixels whose label is 255 in the numerator too, as
+            the CSS code does on mix labels (``Attention_Threshold_Loss`` counts every pixel
+            with q >= delta_u, agreeing or not), so w_b can exceed 1.
 
     Returns a scalar; 0 if no pixel reaches the threshold (then every w_b = 0).
     Source: ReCo ``module_list.py`` ``compute_unsupervised_loss``; PRCL/CSS
@@ -62,7 +66,8 @@ def unsupervised_weighted_ce(logits: torch.Tensor, pseudo: torch.Tensor, confide
     valid = pseudo != IGNORE_INDEX
     ce = F.cross_entropy(logits, pseudo.masked_fill(~valid, IGNORE_INDEX), ignore_index=IGNORE_INDEX,
                          reduction="none")
-    confident = ((confidence >= threshold) & valid).flatten(1).sum(1).float()
+    confident = (confidence >= threshold) if count_ignored else ((confidence >= threshold) & valid)
+    confident = confident.flatten(1).sum(1).float()
     weight = confident / valid.flatten(1).sum(1).clamp(min=1).float()
     weighted = ce * weight.view(-1, 1, 1)
     counted = ce > 0

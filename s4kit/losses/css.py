@@ -12,6 +12,7 @@ Notation (K classes, D-dim representations, rep grid h x w at stride 4):
     rho_c <- alpha rho_c + (1 - alpha) rho^batch_c  afterwards, alpha = 0.99
     S_c(p) = cos(z_p, rho_c),  P^rep_c(p) = softmax_c(S_c(p) / T)                      (C2, C3)
     y^_p = y^lgt_p if y^lgt_p == y^rep_p else 255                                      (C6)
+    L_u = mean_{p in B^_u} CE(z_p, y^_p),  B^_u = {p: y^_p != 255, q^lgt_p >= delta_u}  (Eq. 8)
     L_c = -(1/|C|) sum_c (1/Q) sum_a log e^{cos(z_a, rho_c)/tau} /
             (e^{cos(z_a, rho_c)/tau} + sum_n e^{cos(z_a, z_n)/tau})                    (C7)
     lambda_c(t) = exp(-5 (t / T_total)^2)                                              (C9, s4kit)
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..labels import IGNORE_INDEX
+from .ce import unsupervised_masked_ce, unsupervised_weighted_ce
 from .contrast import hard_anchor_contrast, own_class_scores, pixels_and_classes
 from .ramps import gaussian_rampdown
 
@@ -101,6 +103,46 @@ def mix_labels(pseudo_logit: torch.Tensor, pseudo_rep: torch.Tensor) -> torch.Te
     Returns int64 (B, H, W): the label where both agree, 255 elsewhere.
     """
     return torch.where(pseudo_logit == pseudo_rep, pseudo_logit, torch.full_like(pseudo_logit, IGNORE_INDEX))
+
+
+def mix_unsupervised_loss(logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
+                          threshold: float = 0.97, weighting: str = "paper",
+                          unsup_loss: str = "weighted") -> torch.Tensor:
+    """L_u on mix labels (C6) with one of three weightings (paper Eq. 8; ``loss.py``
+    ``Attention_Threshold_Loss`` as called by ``mix_label.py``). With l_p = CE(z_p, y^_p),
+    A_b = {p in b: y^_p != 255} (the agreeing pixels) and C_b = {p in b: q^lgt_p >= delta_u}:
+
+    * ``paper`` (Eq. 8, s4kit default): a plain CE over the sampled pixels B^_u, the
+      confident agreeing ones:      L_u = mean_{p in A and C} l_p
+    * ``code`` (official): ReCo's per-image weight with the confident pixels counted whether
+      the spaces agree or not, so w_b can exceed 1:
+                                    w_b = |C_b| / |A_b|,  L_u = mean_{p: l_p > 0} w_b l_p
+    * ``agree`` (s4kit before issue 14): the confidence zeroed where the spaces disagree,
+      w_b = |A_b and C_b| / |A_b| (<= 1), or UniMatch's masked CE with ``unsup_loss=masked``.
+
+    Args:
+        logits: student logits float (B, K, H, W) on the strong view.
+        pseudo: int64 (B, H, W) mix labels, 255 where the spaces disagree (and on padding).
+        confidence: float (B, H, W) teacher logit confidence q^lgt, *not* zeroed where the
+            spaces disagree (crop padding carries 0).
+        threshold: delta_u (0.97); weighting: ``paper | code | agree``; unsup_loss:
+            ``weighted | masked``, read only by ``agree``.
+
+    Returns a scalar; 0 (graph-connected) if no pixel is sampled. Raises ``ValueError`` for an
+    unknown ``weighting``.
+    """
+    if weighting == "paper":
+        keep = (pseudo != IGNORE_INDEX) & (confidence >= threshold)
+        if not keep.any():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, pseudo.masked_fill(~keep, IGNORE_INDEX), ignore_index=IGNORE_INDEX)
+    if weighting == "code":
+        return unsupervised_weighted_ce(logits, pseudo, confidence, threshold, count_ignored=True)
+    if weighting == "agree":
+        conf = confidence.masked_fill(pseudo == IGNORE_INDEX, 0.0)
+        fn = unsupervised_weighted_ce if unsup_loss == "weighted" else unsupervised_masked_ce
+        return fn(logits, pseudo, conf, threshold)
+    raise ValueError(f"mix weighting {weighting!r}: expected paper, code or agree")
 
 
 def max_rep_confidence(temperature: float, num_classes: int, simplex: bool = False) -> float:

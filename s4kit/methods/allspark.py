@@ -19,6 +19,10 @@ pseudo-labels of the weak view supervise a CutMix/ClassMix-ed strong view of u w
 UniMatch's per-pixel confidence mask (``confidence_threshold``, e.g. 0.95); CSG then groups
 the channels of the strong view by the one-hot mixed pseudo-labels.
 
+Logits are resized to the labels (L_x, L_u), the pseudo-label crop and the evaluated image
+bilinearly with ``align_corners=False``, as the official ``SemiDecoder.forward``
+(``model/semseg/allspark.py`` L239); the ReCo-family methods use True (substrate §2.5).
+
 Optimiser (paper): SGD 0.9, weight decay 1e-4, poly 0.9, everything but the encoder at
 ``optim.head_lr_mult`` = lr_multi (10 on VOC, 1 on Cityscapes): set in the presets.
 
@@ -51,7 +55,7 @@ import torch.nn.functional as F
 from ..losses.ce import supervised_ce, unsupervised_masked_ce
 from ..losses.ramps import fraction_to_iters
 from ..models.allspark import AllSpark, memory_tokens
-from .base import IGNORE_INDEX, Method, opt, register, require, unwrap, upsample
+from .base import IGNORE_INDEX, Method, opt, register, require, unwrap
 from .steps import pseudo_label_logs, require_unlabeled, strong_mixed_view
 from .supervised import SupervisedOptions
 
@@ -107,6 +111,9 @@ class AllSparkMethod(Method):
 
     Options = AllSparkOptions
     uses_unlabeled = True
+    # logits to labels / images: bilinear with align_corners=False, as the official model's
+    # SemiDecoder.forward (model/semseg/allspark.py L239); the ReCo family uses True
+    align_corners = False
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -146,7 +153,7 @@ class AllSparkMethod(Method):
         # 1. eval-mode forward of the same network on u: pseudo-labels and CSG class maps
         logits_pl = self.pseudo_label_forward(u)
         with torch.no_grad():
-            confidence, pseudo = upsample(logits_pl, size).softmax(1).max(1)
+            confidence, pseudo = self.upsample_logits(logits_pl, size).softmax(1).max(1)
             if o.ignore_u_padding and "valid" in unlabeled:
                 pseudo = pseudo.masked_fill(~unlabeled["valid"], IGNORE_INDEX)
                 confidence = confidence.masked_fill(~unlabeled["valid"], 0.0)
@@ -161,7 +168,7 @@ class AllSparkMethod(Method):
         use_memory = self.iteration >= self.warmup_iters
         self.bottleneck.set_context(n_l, class_maps, use_memory)
         out = self.student(torch.cat([self.augment_labeled(labeled["image"]), u_in]))
-        logits_l, logits_u = out["logits"][:n_l], upsample(out["logits"][n_l:], size)
+        logits_l, logits_u = out["logits"][:n_l], self.upsample_logits(out["logits"][n_l:], size)
         if o.framework == "allspark":
             loss_u = supervised_ce(logits_u, pseudo)  # (A9): every pixel, no threshold
         else:

@@ -185,11 +185,12 @@ def unwrap(module: nn.Module) -> nn.Module:
     return module.module if hasattr(module, "module") and isinstance(module, nn.parallel.DistributedDataParallel) else module
 
 
-def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear upsampling of (B, C, h, w) to (B, C, *size), ``align_corners=True`` (substrate §2.5)."""
+def upsample(logits: torch.Tensor, size: tuple[int, int], align_corners: bool = True) -> torch.Tensor:
+    """Bilinear upsampling of (B, C, h, w) to (B, C, *size), ``align_corners=True`` by default
+    (the ReCo family, substrate §2.5; AllSpark uses False, allspark §2)."""
     if tuple(logits.shape[-2:]) == tuple(size):
         return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def downsample_labels(labels: torch.Tensor, size) -> torch.Tensor:
@@ -211,6 +212,8 @@ class Method(nn.Module):
         find_unused_parameters: DDP's flag for the student: True (the safe default) when some
             student parameter may get no gradient in a step (the representation head of a
             method without a representation loss); False, which is faster, when every one does.
+        align_corners: how ``upsample_logits`` resizes logits to labels and images (``sup_loss``,
+            ``predict``): True (ReCo family, substrate §2.5), False (AllSpark's official model).
     """
 
     name = "base"
@@ -218,6 +221,7 @@ class Method(nn.Module):
     uses_unlabeled = False
     uses_representation = False
     find_unused_parameters = True
+    align_corners = True
 
     @property
     def representation_key(self) -> str:
@@ -269,7 +273,7 @@ class Method(nn.Module):
         labels int64 (B, H, W), 255 ignored; a scalar."""
         from ..losses.ce import ohem_ce, supervised_ce
 
-        logits = upsample(logits, labels.shape[-2:])
+        logits = self.upsample_logits(logits, labels.shape[-2:])
         if self.opts.sup_loss == "ohem":
             return ohem_ce(logits, labels, self.opts.ohem_thresh, self.opts.ohem_min_kept)
         return supervised_ce(logits, labels)
@@ -323,7 +327,11 @@ class Method(nn.Module):
     @torch.no_grad()
     def predict(self, image: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, H, W) at the resolution of ``image`` (B, 3, H, W)."""
-        return upsample(self.forward_eval(image)["logits"].float(), image.shape[-2:])
+        return self.upsample_logits(self.forward_eval(image)["logits"].float(), image.shape[-2:])
+
+    def upsample_logits(self, logits: torch.Tensor, size) -> torch.Tensor:
+        """Bilinear resize of logits (B, K, h, w) to (B, K, *size) with this method's ``align_corners``."""
+        return upsample(logits, tuple(size), self.align_corners)
 
     @torch.no_grad()
     def pseudo_labels(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

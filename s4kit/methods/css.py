@@ -13,6 +13,7 @@ equation numbers (C1-C9) are those of s4kit's reference notes; the functions liv
 2. the label strategy:
    * ``mix`` (paper headline "CSS (mix)", default): y^ = y^lgt where y^lgt == y^rep, else
      255; L_u and the contrast use y^ (confidence q^lgt)                            (C6)
+     L_u = mean_{p in B^_u} CE(z_p, y^_p), B^_u: y^_p != 255 and q^lgt_p >= delta_u   (Eq. 8)
    * ``cross`` ("CSS (crs.)"): L_u uses y^rep with q^rep, the contrast uses y^lgt with
      q^lgt; during the warm-up L_u uses y^lgt and q^lgt
 3. CutMix / ClassMix of every map jointly, strong view, student forwards, L_s and L_u;
@@ -35,6 +36,7 @@ Paper values are the defaults. Where the official code differs, it is an option:
 | ``proto_source`` | ``student`` (code; the paper's Eq. 2 uses the teacher: ``teacher``) | ``student`` |
 | ``proto_sync`` | ``global`` (all-reduce) | ``local_literal`` (updates per rank) |
 | ``mix_rep_filter`` | ``none`` (code); ``paper`` adds q^rep >= delta_w to the contrast | ``none`` |
+| ``mix_weighting`` | ``paper``: L_u = CE over the confident agreeing pixels (Eq. 8) | ``code``: per-image weight (confident pixels, agreeing or not) / (agreeing pixels), can exceed 1; ``agree``: s4kit's old weight (confident and agreeing) / (agreeing) |
 | evaluation | ``eval.mode``: ``full`` images (VOC), ``sliding`` window (Cityscapes, paper) | ``crop``: one random crop of the crop size |
 
 Not reproduced: ``torch.autograd.set_detect_anomaly`` and the rank-0 mixing partner (code
@@ -52,9 +54,9 @@ import torch.nn.functional as F
 from .. import dist
 from ..losses.contrast import flatten_pixels
 from ..losses.css import (anchor_weights, class_sums, contrast_rampdown, css_contrast_loss, ema_prototypes,
-                          max_rep_confidence, mix_labels, rep_distribution)
+                          max_rep_confidence, mix_labels, mix_unsupervised_loss, rep_distribution)
 from ..losses.ramps import linear_rampup
-from .base import IGNORE_INDEX, Method, downsample_labels, opt, register, upsample
+from .base import IGNORE_INDEX, Method, downsample_labels, opt, register, require, upsample
 from .reco import RecoOptions
 from .steps import nearest, pseudo_label_logs, require_unlabeled, strong_mixed_view, unsupervised_ce
 
@@ -74,6 +76,21 @@ class CSSOptions(RecoOptions):
     contrast_schedule: Literal["global_rampdown", "epoch_rampdown_literal", "constant"] = "global_rampdown"
     cross_warmup: int = opt(20, "[0, inf)")  # cross: L_u on logit labels this long (paper/README: 20 epochs; code: 0)
     cross_warmup_unit: Literal["epochs", "iters"] = "epochs"  # epochs: labelled-loader epochs
+    # L_u on mix labels (strategy mix only; losses.css.mix_unsupervised_loss):
+    #   paper (Eq. 8): plain CE over the sampled pixels (confident q^lgt >= delta_u and agreeing);
+    #   code: the official per-image weight (confident pixels, agreeing or not) / (agreeing
+    #         pixels), can exceed 1; agree: that weight with only agreeing confident pixels
+    #         (s4kit before issue 14; reads unsup_loss). Changes the digits/css trajectory.
+    mix_weighting: Literal["paper", "code", "agree"] = "paper"
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        """``unsup_loss=masked`` is read in mix mode only with ``mix_weighting=agree``. Raises ``ConfigError``."""
+        m = cfg.method
+        if m.strategy == "mix" and m.mix_weighting != "agree":
+            require(cfg, "method.unsup_loss", ("weighted",),
+                    f"css strategy=mix with mix_weighting={m.mix_weighting} does not read it "
+                    "(unsup_loss applies with mix_weighting=agree or strategy=cross)")
 
 
 def label_spaces(out: dict, prototypes: torch.Tensor, temperature: float, size) -> dict[str, torch.Tensor]:
@@ -265,12 +282,16 @@ class CSS(Method):
                 logs["css_cross_warmup"] = float(warm)
             logs.update(pseudo_label_logs(u_label, u_conf, unlabeled, o.confidence_threshold))
         # 3. joint mixing of every map (S2), strong view; L_s and L_u
-        u_strong, c_label_m, c_conf_m, u_label_m, u_conf_m, q_rep_m = strong_mixed_view(
-            self, u, c_label, c_conf, u_label, u_conf, s["q_rep"])
+        u_strong, c_label_m, c_conf_m, u_label_m, u_conf_m, q_rep_m, q_lgt_m = strong_mixed_view(
+            self, u, c_label, c_conf, u_label, u_conf, s["q_rep"], s["q_logit"])
         out_l = self.student(self.augment_labeled(labeled["image"]))
         out_u = self.student(u_strong)
-        loss_u = unsupervised_ce(o.unsup_loss, upsample(out_u["logits"], size), u_label_m, u_conf_m,
-                                 o.confidence_threshold)
+        logits_u = upsample(out_u["logits"], size)
+        if o.strategy == "mix":  # paper Eq. 8 / the code's weight / agreeing-only weight (mix_weighting)
+            loss_u = mix_unsupervised_loss(logits_u, u_label_m, q_lgt_m, o.confidence_threshold, o.mix_weighting,
+                                           o.unsup_loss)
+        else:
+            loss_u = unsupervised_ce(o.unsup_loss, logits_u, u_label_m, u_conf_m, o.confidence_threshold)
         losses = {"loss_sup": self.sup_loss(out_l["logits"], labeled["mask"]), "loss_unsup": o.unsup_weight * loss_u}
 
         # 4. contrast inputs on the head grid; the indicator with the prototypes before the update (C3)

@@ -20,6 +20,9 @@ Design choices (all configurable, see ``PRCLOptions``):
   wrapped student, so it carries an EMA of the head: the official teacher has none, and
   nothing in training reads the teacher's sigma^2; s4kit uses it only for
   ``final_metrics`` (sigma2_error_auroc) and latent snapshots.
+* The probability head runs once on the labeled and unlabeled features concatenated (one
+  BatchNorm batch, as the official ``ddp_model.py`` L73); ``sigma_head_batch=per_stream``
+  runs it inside each student forward instead (per-stream BatchNorm statistics).
 * Defaults are the official code: no variance term (``variance_reg=none``), batch
   prototypes (``version=aaai``), tau = 100, delta_s = 0.8, delta_w = 0.7, delta_u = 0.97,
   lambda_c ramping down over the whole run. As in s4kit's ReCo, classes with no hard anchor
@@ -62,6 +65,10 @@ class PRCLOptions(MeanTeacherOptions):
     rampdown_mult: float = opt(-5.0, "(-inf, 0]")
     sigma_lr: float = opt(5.0e-5, "(0, inf)")  # peak lr of the probability head (its lr_mult = sigma_lr / optim.lr)
     sigma_head_input: Literal["feat", "rep"] = "feat"  # feat (code: raw decoder concatenation) | rep (the mean mu)
+    # joint (code, ddp_model.py L73): the probability head runs once on the labeled and unlabeled
+    # features concatenated, one BatchNorm batch; per_stream: inside each student forward, BN
+    # statistics per stream (s4kit before issue 14). Changes the digits/prcl trajectory.
+    sigma_head_batch: Literal["joint", "per_stream"] = "joint"
     variance_reg: Literal["none", "custom"] = "none"  # custom: [interpretation], losses.prcl.variance_regularizer
     variance_reg_weight: float = opt(0.01, "[0, inf)")
     version: Literal["aaai", "ijcv_interpretation"] = "aaai"  # aaai: batch prototypes (code); ijcv: global + VNs
@@ -90,7 +97,8 @@ class PRCL(Method):
         o = self.opts
         net = self.student
         cin = net.feat_channels if o.sigma_head_input == "feat" else net.rep_dim
-        self.student = ProbabilisticNet(net, ProbabilityHead(cin, net.rep_dim), o.sigma_head_input)  # (P1)
+        self.student = ProbabilisticNet(net, ProbabilityHead(cin, net.rep_dim), o.sigma_head_input,
+                                        o.sigma_head_batch)  # (P1)
         self.make_teacher()
         K, D = self.num_classes, net.rep_dim
         # global distribution prototypes (P10 with forgetting): accumulated precision and
@@ -134,7 +142,11 @@ class PRCL(Method):
         labels, valid = contrast_targets(labeled["mask"], step.pseudo, step.confidence, out_l["rep"].shape[-2:],
                                          o.weak_threshold)
         mu = torch.cat([out_l["rep"], out_u["rep"]]).float()
-        sigma2 = torch.cat([out_l["sigma2"], out_u["sigma2"]]).float()
+        if o.sigma_head_batch == "joint":  # sigma^2 of both streams in one BatchNorm batch (official code)
+            key = o.sigma_head_input
+            sigma2 = self.student(None, features=torch.cat([out_l[key], out_u[key]]))["sigma2"].float()
+        else:  # each stream's sigma^2 from its own forward
+            sigma2 = torch.cat([out_l["sigma2"], out_u["sigma2"]]).float()
         prob = torch.cat([out_l["logits"], out_u["logits"]]).float().softmax(1)  # student: picks hard anchors
         ijcv = o.version == "ijcv_interpretation"
         gdp = self.global_prototypes() if ijcv and bool((self.gdp_precision > 0).any()) else None
@@ -148,7 +160,7 @@ class PRCL(Method):
         # 6. lambda_c(t) = w exp(-5 (t/T)^2) (P9); L = L_s + lambda_u L_u + lambda_c L_c
         lam = self.contrast_lambda()
         losses.update({"loss_contrast": lam * loss_c, "contrast_lambda": lam,
-                       "sigma2_mean": float(out_u["sigma2"].detach().float().mean())})
+                       "sigma2_mean": float(sigma2[out_l["rep"].shape[0]:].detach().mean())})
         if o.variance_reg == "custom":  # [interpretation]: KL of the anchors' sigma^2 to N(0, I)
             s2 = sigma2.permute(0, 2, 3, 1)[valid & (labels != IGNORE_INDEX)]
             losses["loss_var"] = o.variance_reg_weight * (variance_regularizer(s2) if s2.numel() else sigma2.sum() * 0)

@@ -64,20 +64,34 @@ class ProbabilisticNet(nn.Module):
             (B, C_f, h, w) (``s4kit.models.DeepLabV3Plus``).
         head: the ``ProbabilityHead``.
         head_input: ``feat`` (the official code: the raw decoder concatenation) or ``rep``
-            (the head reads the mean mu; reference/prcl.md §13 ``sigma_head_input=mu``).
+            (the head reads the mean mu; prcl.md §13 ``sigma_head_input=mu``).
+        sigma_batch: ``per_stream`` (the head runs inside every forward, so in training its
+            BatchNorm sees each stream's statistics) or ``joint`` (the official code,
+            ``generalframeworks/networks/ddp_model.py`` L73: the head runs once on the labeled and unlabeled features
+            concatenated, one BatchNorm batch). With ``joint``, a forward in training mode
+            leaves ``sigma2`` out and the caller runs ``forward(None, features=cat)``.
 
-    ``forward(x)`` returns ``net(x)`` plus ``sigma2`` float (B, D, h, w) in (0, 1).
-    Raises ``ValueError`` for another ``head_input``.
+    ``forward(x)`` returns ``net(x)`` plus ``sigma2`` float (B, D, h, w) in (0, 1) (not in
+    training mode with ``sigma_batch=joint``). ``forward(None, features=f)`` with f float
+    (N, C_in, h, w) returns ``{"sigma2": (N, D, h, w)}``; it goes through ``forward`` so that
+    a ``DistributedDataParallel`` wrapper sees the head's use. Raises ``ValueError`` for
+    another ``head_input`` or ``sigma_batch``.
     """
 
-    def __init__(self, net: nn.Module, head: ProbabilityHead, head_input: str = "feat"):
+    def __init__(self, net: nn.Module, head: ProbabilityHead, head_input: str = "feat",
+                 sigma_batch: str = "per_stream"):
         super().__init__()
         if head_input not in ("feat", "rep"):
             raise ValueError(f"head_input={head_input!r}: expected feat or rep")
-        self.net, self.sigma_head, self.head_input = net, head, head_input
+        if sigma_batch not in ("joint", "per_stream"):
+            raise ValueError(f"sigma_batch={sigma_batch!r}: expected joint or per_stream")
+        self.net, self.sigma_head, self.head_input, self.sigma_batch = net, head, head_input, sigma_batch
         self.num_classes, self.rep_dim = getattr(net, "num_classes", None), getattr(net, "rep_dim", None)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor | None, features: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        if features is not None:
+            return {"sigma2": self.sigma_head(features)}
         out = dict(self.net(x))
-        out["sigma2"] = self.sigma_head(out[self.head_input])
+        if not (self.training and self.sigma_batch == "joint"):
+            out["sigma2"] = self.sigma_head(out[self.head_input])
         return out

@@ -40,7 +40,7 @@ from ..io import atomic_path, atomic_write_text
 from .trainer import CheckpointError, claim_run_dir, load_method_state
 
 #: official number of classes -> the s4kit preset an import starts from
-ALLSPARK_PRESETS = {21: "pascal/allspark", 19: "cityscapes/allspark", 11: "digits/allspark"}
+ALLSPARK_PRESETS = {21: "pascal/allspark", 19: "cityscapes/allspark", 81: "coco/allspark", 11: "digits/allspark"}
 
 _MIT_DEPTHS = {(32, (2, 2, 2, 2)): "mit_b0", (64, (2, 2, 2, 2)): "mit_b1", (64, (3, 4, 6, 3)): "mit_b2",
                (64, (3, 4, 18, 3)): "mit_b3", (64, (3, 8, 27, 3)): "mit_b4", (64, (3, 6, 40, 3)): "mit_b5"}
@@ -160,7 +160,7 @@ def import_allspark(ckpt: str | Path, out: str | Path, config: str | None = None
         ckpt: ``latest.pth`` / ``best.pth`` of ``train_allspark.py`` (or a bare state_dict).
         out: the new run folder (must not exist or be empty, or be an s4kit run folder).
         config: the preset or YAML the run starts from; default by the number of classes
-            (``ALLSPARK_PRESETS``: 21 pascal, 19 cityscapes, 11 digits).
+            (``ALLSPARK_PRESETS``: 21 pascal, 19 cityscapes, 81 coco, 11 digits).
         overrides: more ``key=value`` config overrides (``data.root=...``, ``data.crop_size=...``).
 
     The config gets ``model.encoder``, ``model.decoder_dim`` and ``method.heads`` from the
@@ -181,7 +181,7 @@ def import_allspark(ckpt: str | Path, out: str | Path, config: str | None = None
         if config is None:
             raise ConfigError(f"{ckpt}: {sizes['num_classes']} classes: no AllSpark preset for it; pass --config")
     base = [f"model.encoder={sizes['encoder']}", f"model.decoder_dim={sizes['decoder_dim']}",
-            f"method.heads={sizes['heads']}", "model.pretrained=null", f"run.dir={out}"]
+            f"method.heads={sizes['heads']}", "model.pretrained=none", f"run.dir={out}"]
     method = cfg = None
     for patch in ("auto", "literal"):
         cfg = load_config(config, base + [f"method.patch_num={patch}", *overrides])

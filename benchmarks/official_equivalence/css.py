@@ -31,7 +31,7 @@ COMPONENTS = [
     ("CSS contrast, a class without hard anchors", LOSS, "`css_contrast_loss(literal_denominator=...)`"),
     ("CSS class-sampling distribution", LOSS + " (`Categorical` probs)", "`losses.contrast.class_infonce`"),
     ("CSS L_u weighting on mix labels", "loss.py `Attention_Threshold_Loss` (mix_label.py)",
-     "`methods.css.CSS._sources`, `methods.steps.unsupervised_ce`"),
+     "`methods.css.CSS._sources`, `losses.css.mix_unsupervised_loss`"),
     ("poly LR, per iteration (S11)", "generalframeworks/scheduler/my_lr_scheduler.py `PolyLR`",
      "`engine.trainer.poly_lr`"),
 ]
@@ -120,7 +120,7 @@ def run(root: Path) -> list[H.Row]:
     from s4kit.engine.trainer import poly_lr
     from s4kit.losses.css import rep_distribution
     from s4kit.methods.css import CSS, label_spaces
-    from s4kit.methods.steps import unsupervised_ce
+    from s4kit.losses.css import mix_unsupervised_loss
 
     O = Official(root)
     names = iter(COMPONENTS)
@@ -181,15 +181,15 @@ def run(root: Path) -> list[H.Row]:
     with H.cuda_is_cpu():
         lo = O.loss.Attention_Threshold_Loss(0.97)(pred_u, y_mix.masked_fill(y_mix == 255, -1), q_lgt)
     s = label_spaces({"logits": 4 * logit_t[B:], "rep": rep_t[B:]}, protos, 0.25, (HW, HW))
-    y, q = CSS._sources(s)["mix"]
-    ls = unsupervised_ce("weighted", pred_u, y, q, 0.97)
+    y, _ = CSS._sources(s)["mix"]
+    ls = mix_unsupervised_loss(pred_u, y, s["q_logit"], 0.97, "paper")  # the default: paper Eq. 8
+    lc = mix_unsupervised_loss(pred_u, y, s["q_logit"], 0.97, "code")
     agree_n = (y_mix != 255).flatten(1).sum(1)
     w_code = (q_lgt >= 0.97).flatten(1).sum(1) / agree_n
-    w_s4 = ((q_lgt >= 0.97) & (y_mix != 255)).flatten(1).sum(1) / agree_n
-    rows.append(H.judge(*next(names), [(ls, lo)], option="method.mix_weighting=code",
-                        note=f"loss {float(ls):.4f} vs {float(lo):.4f}; per-image weight s4kit "
-                             f"{[round(float(v), 2) for v in w_s4]} vs code {[round(float(v), 2) for v in w_code]} "
-                             "(the code counts confident pixels where the spaces disagree)"))
+    rows.append(H.judge(*next(names), [(ls, lo)], option="method.mix_weighting=code", option_pairs=[(lc, lo)],
+                        note=f"loss: paper Eq. 8 {float(ls):.4f}, code {float(lo):.4f}; the code's per-image weight "
+                             f"{[round(float(v), 2) for v in w_code]} counts confident pixels where the spaces "
+                             "disagree"))
 
     total, base = 2000, 6.4e-3
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=base)

@@ -30,6 +30,17 @@ def test_user_errors_are_one_line_with_exit_code_2(args, message, capsys):
     assert err.startswith("s4kit: error:") and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("preset, hint", [
+    ("digits/reco", "build the dataset first: s4kit data digits --root /nonexistent/d"),
+    ("pascal/tiny", "copy UniMatch's official lists splits/pascal/ to data.splits=/nonexistent/d/splits "
+                    "(data/README.md, 'PASCAL VOC 2012')"),
+])
+def test_a_missing_split_file_says_how_to_get_it(preset, hint, tmp_path, capsys):
+    code, _, err = _run(["train", preset, "data.root=/nonexistent/d", f"run.dir={tmp_path / 'run'}", "device=cpu"],
+                        capsys)
+    assert code == 2 and "/nonexistent/d/splits/" in err and "split file not found; " + hint in err
+
+
 def test_empty_split_file_is_reported(digits_root, tmp_path, capsys):
     splits = tmp_path / "splits"
     (splits / "1_16").mkdir(parents=True)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .datasets import SegmentationDataset
-from .splits import split_paths
+from .splits import SplitError, split_paths
 from .transforms import EvalTransform, TrainTransform
 
 LABELED, UNLABELED = 0, 1
@@ -72,6 +72,23 @@ def eval_transform(cfg) -> EvalTransform:
     return EvalTransform(tuple(cfg.data.mean), tuple(cfg.data.std))
 
 
+def split_file(cfg, part: str) -> Path:
+    """The ``part`` (labeled | unlabeled | val) list of ``cfg.data.split``. Raises ``SplitError``
+    when it does not exist, saying how to get it: ``s4kit data digits`` for digits, the official
+    lists (data/README.md) for the other datasets."""
+    d = cfg.data
+    path = Path(split_paths(d.splits, d.split)[part])
+    if not path.exists():
+        if d.dataset == "digits":
+            how = f"build the dataset first: s4kit data digits --root {d.root}"
+        else:
+            section = {"pascal": "PASCAL VOC 2012", "cityscapes": "Cityscapes", "coco": "COCO"}.get(d.dataset, d.dataset)
+            how = (f"copy UniMatch's official lists splits/{d.dataset}/ to data.splits={d.splits} "
+                   f"(data/README.md, '{section}')")
+        raise SplitError(f"{path}: split file not found; {how}")
+    return path
+
+
 def build_dataset(cfg, part: str, train: bool = True) -> SegmentationDataset:
     """``part`` in labeled | unlabeled | val; ``train`` picks the weak-view or eval transform.
 
@@ -80,7 +97,7 @@ def build_dataset(cfg, part: str, train: bool = True) -> SegmentationDataset:
     Raises ``SplitError`` / ``DataError`` (see ``SegmentationDataset``).
     """
     d = cfg.data
-    path = split_paths(d.splits, d.split)[part]
+    path = split_file(cfg, part)
     return SegmentationDataset(
         d.root, path, d.num_classes, train_transform(cfg) if train else eval_transform(cfg),
         labeled=part != "unlabeled", hidden_gt=bool(d.hidden_gt), label_format=d.label_format, cache=bool(d.cache),
@@ -113,4 +130,4 @@ def n_images(cfg, part: str) -> int:
     """Number of entries in the ``part`` list of the configured split."""
     from .splits import read_split_file
 
-    return len(read_split_file(Path(split_paths(cfg.data.splits, cfg.data.split)[part])))
+    return len(read_split_file(split_file(cfg, part)))

@@ -58,6 +58,14 @@ def _mean_std(values: list[float], digits: int = 1) -> str:
     return f"{np.mean(v):.{digits}f} ± {np.std(v, ddof=1):.{digits}f}"
 
 
+def _stats(values: list[float]) -> tuple[float | None, float | None]:
+    """(mean, sample std) of the non-missing values; std None for one value, both None for none."""
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return None, None
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+
+
 def bootstrap_ci(values, n_resamples: int = 10_000, level: float = 0.95, seed: int = 0) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean of ``values`` (one number per seed).
 
@@ -156,6 +164,8 @@ def summarize(metrics: list[dict]) -> list[dict]:
                      "pl_coverage": _mean_std([m.get("pseudo_label_coverage") for m in ms]),
                      "silhouette": _mean_std([m.get("silhouette") for m in ms], 2),
                      "knn_accuracy": _mean_std([m.get("knn_accuracy") for m in ms]),
+                     **{f"{k}_{stat}": value for k, key in STAT_KEYS.items()
+                        for stat, value in zip(("mean", "std"), _stats([m.get(key) for m in ms]))},
                      "iters": ms[0].get("iters", ""),
                      "minutes": f"{np.mean([m.get('train_seconds', 0) for m in ms]) / 60:.1f}"})
     return rows
@@ -176,8 +186,13 @@ COLUMNS = [("dataset", "dataset"), ("method", "method"), ("split", "split"), ("n
            ("iters", "iters"), ("minutes", "train min")]
 
 
-# CSV: the numbers themselves (empty where there is none), not the Markdown cells
-CSV_COLUMNS = [k for k, _ in COLUMNS if k not in ("paper", "ci95")] + ["paper_miou", "ci95_low", "ci95_high"]
+# CSV: the numbers themselves (empty where there is none), not the Markdown cells: mean and
+# sample std over seeds of each measure (std empty for one seed), the paper number, the interval
+STAT_KEYS = {"miou": "miou", "pl_precision": "pseudo_label_precision", "pl_coverage": "pseudo_label_coverage",
+             "silhouette": "silhouette", "knn_accuracy": "knn_accuracy"}
+CSV_COLUMNS = (["dataset", "method", "split", "n_labeled", "seeds"]
+               + [f"{k}_{stat}" for k in STAT_KEYS for stat in ("mean", "std")]
+               + ["paper_miou", "ci95_low", "ci95_high", "iters", "minutes"])
 
 
 def report_table(runs_dir: str | Path, csv: bool = False, skipped: list[str] | None = None) -> str:
@@ -214,7 +229,8 @@ def _csv(rows: list[dict]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
     for r in rows:
-        w.writerow(["" if r[k] is None else (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k]) for k in CSV_COLUMNS])
+        w.writerow(["" if r[k] is None or r[k] == "" else (f"{r[k]:.4f}" if isinstance(r[k], float) else r[k])
+                    for k in CSV_COLUMNS])
     return buf.getvalue().rstrip("\n")
 
 

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=_viz)
     rep = sub.add_parser("report", help="Markdown table of every metrics.json below RUNS_DIR")
     rep.add_argument("runs_dir")
-    rep.add_argument("--csv", action="store_true", help="CSV instead of Markdown: numeric mean and std columns per measure, empty where there is no value")
+    rep.add_argument("--csv", action="store_true",
+                     help="CSV instead of Markdown: numeric mean and std columns per measure, empty where there is no value")
     rep.set_defaults(fn=_report)
     x = sub.add_parser("export", help="a run's weights as a .safetensors file (tensors only) for sharing")
     x.add_argument("run_dir")

@@ -18,6 +18,7 @@ asks to be reported.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -61,20 +62,31 @@ def _train(args) -> None:
     from . import dist
 
     if dist.rank() == 0:
-        print(_summary(metrics))
+        print(_summary(metrics, cfg.run.dir))
 
 
-def _summary(m: dict) -> str:
+def _summary(m: dict, run_dir=None) -> str:
+    """The final lines of ``train`` and ``eval``: one ``key: value`` a line, numbers to 2 decimals,
+    ``n/a`` for a measure that could not be taken (None or NaN), then the run folder."""
     keys = ["method", "dataset", "split", "seed", "iters", "miou", "pixel_acc", "pseudo_label_precision",
             "pseudo_label_coverage", "train_seconds"]
-    return "\n".join(f"{k:>24}: {m[k]:.2f}" if isinstance(m[k], float) else f"{k:>24}: {m[k]}" for k in keys if k in m)
+
+    def cell(v):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return "n/a"
+        return f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    lines = [f"{k:>24}: {cell(m[k])}" for k in keys if k in m]
+    if run_dir:
+        lines.append(f"{'run folder':>24}: {run_dir}")
+    return "\n".join(lines)
 
 
 def _eval(args) -> None:
     from .engine.runs import evaluate_run
 
     result = evaluate_run(args.run_dir, args.overrides)
-    print(_summary(result))
+    print(_summary(result, args.run_dir))
 
 
 def _reproduce(args) -> None:

@@ -54,7 +54,7 @@ def test_empty_split_file_is_reported(digits_root, tmp_path, capsys):
 def test_train_eval_report(digits_root, tmp_path, capsys):
     run = tmp_path / "runs" / "a"
     code, out, _ = _run(["train", "digits/supervised"] + tiny_overrides(digits_root, run), capsys)
-    assert code == 0 and "miou" in out
+    assert code == 0 and "miou" in out and f"run folder: {run}" in out
     code, out, _ = _run(["eval", str(run)], capsys)
     assert code == 0
     saved = json.loads((run / "metrics.json").read_text())
@@ -69,3 +69,13 @@ def test_train_eval_report(digits_root, tmp_path, capsys):
 def test_console_script_and_module_entry_point(tmp_path):
     res = subprocess.run([sys.executable, "-m", "s4kit.run", "report", str(tmp_path)], capture_output=True, text=True)
     assert res.returncode == 2 and "no metrics.json" in res.stderr
+
+
+def test_summary_says_n_a_for_what_was_not_measured_and_names_the_run_folder():
+    from s4kit.cli import _summary
+
+    text = _summary({"method": "reco", "miou": 41.234, "pseudo_label_precision": float("nan"),
+                     "pseudo_label_coverage": None, "iters": 4}, "runs/x")
+    lines = dict(line.strip().split(": ", 1) for line in text.splitlines())
+    assert lines == {"method": "reco", "iters": "4", "miou": "41.23", "pseudo_label_precision": "n/a",
+                     "pseudo_label_coverage": "n/a", "run folder": "runs/x"}

@@ -132,18 +132,33 @@ def tsne_scatter(path, embedding: np.ndarray, labels: np.ndarray, names: list[st
     return save_figure(fig, path)
 
 
+def plot_series(ax, pts: list[tuple[float, float]], **kwargs):
+    """``ax.plot`` of ``(x, y)`` points as a line, with markers when there are too few points for a
+    line to show (a short run logs one or two). Returns the ``Line2D``, or None for no points."""
+    if not pts:
+        return None
+    x, y = zip(*pts)
+    (line,) = ax.plot(x, y, marker="o" if len(pts) <= 2 else None, **kwargs)
+    return line
+
+
+def finish_legend(ax, fontsize: int = 8) -> None:
+    """A legend when something is drawn, else a note in the axes (a run too short to log this)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=fontsize)
+    else:
+        ax.text(0.5, 0.5, "nothing logged yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
 def curves(path, rows: list[dict], keys: list[str], title: str = "", ylabel: str = "") -> Path:
     """Line plot of ``keys`` of ``log.csv`` rows against ``iter`` (missing values skipped)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     for key in keys:
-        pts = [(r["iter"], r[key]) for r in rows if key in r and r[key] == r[key]]
-        if pts:
-            x, y = zip(*pts)
-            ax.plot(x, y, label=key)
+        plot_series(ax, [(r["iter"], r[key]) for r in rows if key in r and r[key] == r[key]], label=key)
     ax.set_xlabel("iteration")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+    finish_legend(ax)
     fig.tight_layout()
     return save_figure(fig, path)
 

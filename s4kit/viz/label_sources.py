@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .figures import plt, save_figure
+from .figures import finish_legend, plot_series, plt, save_figure
 
 SOURCES = ("logit", "rep", "mix")
 
@@ -43,12 +43,10 @@ def label_source_figure(run_dir: str | Path, path: str | Path | None = None, sou
     colours = {"logit": "#1f77b4", "rep": "#2ca02c", "mix": "#d62728"}
     for ax, kind in zip(axes, ("precision", "coverage")):
         for src, pts in curves[kind].items():
-            if pts:
-                x, y = zip(*pts)
-                ax.plot(x, y, label=src, color=colours.get(src))
+            plot_series(ax, pts, label=src, color=colours.get(src))
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"pseudo-label {kind} (%)")
-        ax.legend(fontsize=8)
+        finish_legend(ax)
     axes[0].set_title(f"{run_dir.name}: precision above the threshold", fontsize=9)
     axes[1].set_title("coverage: share of pixels above it", fontsize=9)
     fig.tight_layout()

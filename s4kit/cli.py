@@ -2,7 +2,7 @@
 
     s4kit data digits [--root DIR] [--seed N]
     s4kit data coco --root DIR [--annotations FILE ...] [--limit N]
-    s4kit train CONFIG [key=value ...]
+    s4kit train CONFIG [key=value ...] [--force-eval]
     s4kit eval RUN_DIR [key=value ...]
     s4kit reproduce --method M --dataset D --split S [--seed N] [-p KEY VALUE ...] [--out DIR]
     s4kit viz RUN_DIR [RUN_DIR ...] [--out FILE]
@@ -58,6 +58,16 @@ def _train(args) -> None:
     from .engine import train
 
     cfg = load_config(args.config, args.overrides)
+    if not args.force_eval:
+        from .engine.trainer import finished_run
+
+        done = finished_run(cfg)
+        if done is not None:
+            miou = done.get("miou")
+            shown = f"mIoU {miou:.2f}, " if isinstance(miou, (int, float)) else ""
+            print(f"already finished: {cfg.run.dir} ({shown}{done.get('iters')} iterations); "
+                  "--force-eval evaluates it again, a larger train.iters extends it")
+            return
     metrics = train(cfg)
     from . import dist
 
@@ -145,9 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coco: instances_*.json files (default <root>/annotations/instances_{train,val}2017.json)")
     d.add_argument("--limit", type=int, default=None, help="coco: only the first N images of each file")
     d.set_defaults(fn=_data)
-    t = sub.add_parser("train", help="one training run (python -m s4kit.run train under torchrun)")
+    t = sub.add_parser("train", help="one training run (python -m s4kit.run train under torchrun)",
+                       description="One training run into run.dir (default runs/<dataset>/<preset>/<split>/seed<k>). "
+                                   "The same command again resumes an interrupted run from checkpoints/last.pt; "
+                                   "a finished run is reported, not redone (--force-eval evaluates it again); "
+                                   "a larger train.iters extends it.")
     t.add_argument("config", help="preset (digits/reco, pascal/prcl, ...) or YAML path")
     t.add_argument("overrides", nargs="*", help="key=value config overrides")
+    t.add_argument("--force-eval", action="store_true",
+                   help="a finished run: evaluate its checkpoint again and rewrite metrics.json")
     t.set_defaults(fn=_train)
     e = sub.add_parser("eval", help="evaluate a run's checkpoint")
     e.add_argument("run_dir")

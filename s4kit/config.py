@@ -212,7 +212,9 @@ class PaperResult:
 class RunConfig:
     """The run folder."""
 
-    dir: str = "runs/default"
+    # null: runs/<dataset>/<config>/<split>/seed<k> (``default_run_dir``), so presets, splits and
+    # seeds never share a folder
+    dir: Optional[str] = None
 
 
 @dataclass
@@ -343,7 +345,17 @@ def load_config(preset: str | Path, overrides: list[str] | tuple[str, ...] = ())
         except Exception as exc:  # noqa: BLE001 - the grammar error of a malformed override
             raise ConfigError(f"override {item!r}: {_first_line(exc)}") from None
         cfg = _merge(cfg, dot, f"override {item!r}")
+    if cfg.run.dir is None:
+        cfg.run.dir = default_run_dir(cfg, preset)
     return resolve(cfg)
+
+
+def default_run_dir(cfg: DictConfig, preset: str | Path) -> str:
+    """``runs/<dataset>/<config>/<split>/seed<k>``, ``<config>`` the preset's (or YAML file's) name:
+    ``runs/digits/reco/1_16/seed0`` for ``digits/reco``; the layout of UniMatch and mmsegmentation
+    work folders, one per experiment, so two commands never meet in one folder by default."""
+    name = Path(str(preset)).stem
+    return f"runs/{cfg.data.dataset}/{name}/{cfg.data.split}/seed{cfg.train.seed}"
 
 
 def resolve(cfg: DictConfig) -> DictConfig:
@@ -566,7 +578,7 @@ def _validate(cfg: DictConfig) -> None:
         (e.pl_max_images >= 0, "eval.pl_max_images", "0 (all) or a positive number"),
         (v.overlays >= 0 and v.tsne_pixels >= 0 and v.tsne_iters >= 0 and v.snapshots >= 0
          and v.snapshot_pixels >= 0 and v.snapshot_images >= 0, "viz", "non-negative counts"),
-        (str(cfg.run.dir).strip() != "", "run.dir", "a folder path"),
+        (cfg.run.dir is not None and str(cfg.run.dir).strip() != "", "run.dir", "a folder path"),
         (str(d.root).strip() != "", "data.root", "a folder path"),
     ]
     for ok, key, expected in checks:

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,45 @@ def test_summary_says_n_a_for_what_was_not_measured_and_names_the_run_folder():
     lines = dict(line.strip().split(": ", 1) for line in text.splitlines())
     assert lines == {"method": "reco", "iters": "4", "miou": "41.23", "pseudo_label_precision": "n/a",
                      "pseudo_label_coverage": "n/a", "run folder": "runs/x"}
+
+
+def test_default_run_folders_are_per_preset_split_and_seed(tmp_path):
+    from s4kit.config import load_config
+
+    assert load_config("digits/reco").run.dir == "runs/digits/reco/1_16/seed0"
+    assert load_config("digits/supervised_maskformer", ["data.split=full", "train.seed=2"]).run.dir == \
+        "runs/digits/supervised_maskformer/full/seed2"
+    own = tmp_path / "my_experiment.yaml"
+    own.write_text("_base_: " + str(Path(__file__).resolve().parents[1] / "s4kit/configs/digits/reco.yaml") + "\n")
+    assert load_config(own).run.dir == "runs/digits/my_experiment/1_16/seed0"
+    assert load_config("digits/reco", ["run.dir=elsewhere"]).run.dir == "elsewhere"
+
+
+def test_a_command_that_fails_before_training_leaves_no_run_folder(digits_root, tmp_path, capsys):
+    run = tmp_path / "runs" / "a"
+    code, _, err = _run(["train", "digits/supervised", "data.root=/nonexistent/d", f"run.dir={run}", "device=cpu"],
+                        capsys)
+    assert code == 2 and "split file not found" in err and not run.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()  # a folder that existed before the command is never removed
+    code, _, _ = _run(["train", "digits/supervised", "data.root=/nonexistent/d", f"run.dir={kept}", "device=cpu"],
+                      capsys)
+    assert code == 2 and kept.is_dir()
+    code, out, _ = _run(["train", "digits/supervised"] + tiny_overrides(digits_root, run), capsys)
+    assert code == 0 and (run / "metrics.json").is_file()  # the corrected command starts clean
+
+
+def test_a_finished_run_is_reported_not_redone_unless_force_eval(digits_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "digits/supervised"] + tiny_overrides(digits_root, run)
+    assert _run(args, capsys)[0] == 0
+    metrics = run / "metrics.json"
+    before = (metrics.read_text(), metrics.stat().st_mtime_ns)
+    code, out, _ = _run(args, capsys)
+    assert code == 0 and out.startswith(f"already finished: {run} (mIoU ") and "--force-eval" in out
+    assert (metrics.read_text(), metrics.stat().st_mtime_ns) == before
+    code, out, _ = _run(args + ["--force-eval"], capsys)
+    assert code == 0 and f"run folder: {run}" in out and metrics.stat().st_mtime_ns != before[1]
+    assert json.loads(metrics.read_text())["miou"] == pytest.approx(json.loads(before[0])["miou"])
+    code, out, _ = _run(args + ["train.iters=6"], capsys)  # a larger train.iters extends the run
+    assert code == 0 and "already finished" not in out and json.loads(metrics.read_text())["iters"] == 6

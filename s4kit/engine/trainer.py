@@ -17,8 +17,10 @@ The learning rate follows the poly schedule with an optional linear warm-up:
 from __future__ import annotations
 
 import copy
+import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -479,7 +481,9 @@ def train(cfg, progress: bool = True) -> dict:
     """Train ``cfg.method.name`` as configured and return the final metrics (also in metrics.json).
 
     The method is built (its options checked) before any folder is touched; the run folder is
-    then claimed (``claim_run_dir``) and locked (``RunLock``) for the whole run.
+    then claimed (``claim_run_dir``) and locked (``RunLock``) for the whole run. A run that fails
+    (an exception) before it logged a row or saved a checkpoint removes the folder it created, so
+    the corrected command starts clean (a folder that existed before is never removed).
 
     Raises:
         ConfigError: invalid options, a foreign or mismatching run folder (see ``prepare_run_dir``),
@@ -497,14 +501,40 @@ def train(cfg, progress: bool = True) -> dict:
     accumulation_steps(cfg.train.global_batch, cfg.train.batch_labeled, dist.world_size())  # ConfigError early
     seed_everything(cfg.train.seed + rank, cfg.train.deterministic)
     method = build_checked(cfg).to(device)
-    lock = None
+    lock, run_dir = None, Path(cfg.run.dir)
+    made_here = not run_dir.exists()
     if rank == 0:
-        lock = RunLock(claim_run_dir(cfg.run.dir))
+        lock = RunLock(claim_run_dir(run_dir))
+    failed = False
     try:
         return _train(cfg, method, device, progress)
+    except Exception:
+        failed = True
+        raise
     finally:
         if lock is not None:
             lock.release()
+        if failed and rank == 0 and made_here and not any(
+                (run_dir / f).exists() for f in ("checkpoints/last.pt", "log.csv")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # made by this command, which logged and saved nothing
+
+
+def finished_run(cfg) -> dict | None:
+    """The metrics of the finished run in ``cfg.run.dir`` when there is one for this very config:
+    ``metrics.json`` for ``train.iters`` iterations and a ``config.yaml`` equal to ``cfg`` (but for
+    ``run.dir``). None otherwise: a new run, one to resume or extend, or one whose config differs
+    (``prepare_run_dir`` then says how)."""
+    run_dir = Path(cfg.run.dir)
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        old = OmegaConf.to_container(from_yaml(run_dir / "config.yaml"))
+    except (OSError, ValueError, ConfigError):
+        return None
+    new = OmegaConf.to_container(cfg)
+    old["run"].pop("dir", None), new["run"].pop("dir", None)
+    if not isinstance(metrics, dict) or metrics.get("iters") != cfg.train.iters or old != new:
+        return None
+    return metrics
 
 
 @dataclass

@@ -3,6 +3,8 @@
     s4kit data digits [--root DIR] [--seed N]
     s4kit data coco --root DIR [--annotations FILE ...] [--limit N]
     s4kit train CONFIG [key=value ...] [--force-eval]
+    s4kit presets
+    s4kit config CONFIG [key=value ...]
     s4kit eval RUN_DIR [key=value ...]
     s4kit reproduce --method M --dataset D --split S [--seed N] [-p KEY VALUE ...] [--out DIR]
     s4kit viz RUN_DIR [RUN_DIR ...] [--out FILE]
@@ -92,6 +94,39 @@ def _summary(m: dict, run_dir=None) -> str:
     return "\n".join(lines)
 
 
+def _presets(args) -> None:
+    """Every preset, one a line: name, method, network (encoder), the first line of its comment."""
+    from .config import available_presets, load_config, preset_path
+    from .engine.report import PRESET_CARD
+
+    rows = []
+    for name in available_presets():
+        cfg = load_config(name, [PRESET_CARD])
+        m = cfg.model
+        encoder = m.encoder if m.name == "segformer" else m.backbone
+        rows.append((name, cfg.method.name, f"{m.name} ({encoder})", _header_line(preset_path(name))))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(r[i].ljust(widths[i]) for i in range(3)) + "  " + r[3])
+
+
+def _header_line(path: Path) -> str:
+    """The first line of a YAML file's leading comment block ("" when the file starts with a key)."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            return ""
+        if line.lstrip("# ").strip():
+            return line.lstrip("# ").strip()
+    return ""
+
+
+def _config(args) -> None:
+    """The fully resolved config of a preset or YAML file with overrides, as ``train`` would save it."""
+    from .config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.config, args.overrides)), end="")
+
+
 def _eval(args) -> None:
     from .engine.runs import evaluate_run
 
@@ -165,6 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force-eval", action="store_true",
                    help="a finished run: evaluate its checkpoint again and rewrite metrics.json")
     t.set_defaults(fn=_train)
+    ps = sub.add_parser("presets", help="list every preset: method, network and what it is")
+    ps.set_defaults(fn=_presets)
+    cf = sub.add_parser("config", help="print a preset's fully resolved config (YAML), overrides applied")
+    cf.add_argument("config", help="preset (digits/reco, pascal/prcl, ...) or YAML path")
+    cf.add_argument("overrides", nargs="*", help="key=value config overrides")
+    cf.set_defaults(fn=_config)
     e = sub.add_parser("eval", help="evaluate a run's checkpoint")
     e.add_argument("run_dir")
     e.add_argument("overrides", nargs="*", help="key=value overrides (eval.mode=sliding, ...)")
@@ -197,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("ckpt", help="the official checkpoint (latest.pth / best.pth)")
     im.add_argument("--out", required=True, help="the new run folder")
     im.add_argument("--config", default=None,
-                    help="preset or YAML (default by class count: 21 pascal/allspark, 19 cityscapes/allspark)")
+                    help="preset or YAML (default by class count: 21 pascal/allspark, 19 cityscapes/allspark, "
+                         "81 coco/allspark)")
     im.add_argument("overrides", nargs="*", help="key=value config overrides (data.root=..., data.crop_size=...)")
     im.set_defaults(fn=_import)
     return p

@@ -122,3 +122,39 @@ def test_a_finished_run_is_reported_not_redone_unless_force_eval(digits_root, tm
     assert json.loads(metrics.read_text())["miou"] == pytest.approx(json.loads(before[0])["miou"])
     code, out, _ = _run(args + ["train.iters=6"], capsys)  # a larger train.iters extends the run
     assert code == 0 and "already finished" not in out and json.loads(metrics.read_text())["iters"] == 6
+
+
+def test_presets_lists_every_preset_once_with_its_method_network_and_a_description(capsys):
+    from s4kit.config import available_presets, load_config
+
+    code, out, _ = _run(["presets"], capsys)
+    rows = [line.split(None, 4) for line in out.splitlines()]
+    assert code == 0 and [r[0] for r in rows] == available_presets()
+    for name, method, network, encoder, description in rows:
+        cfg = load_config(name, ["model.pretrained=none"])
+        assert method == cfg.method.name and network == cfg.model.name, name
+        assert encoder == f"({cfg.model.encoder if network == 'segformer' else cfg.model.backbone})", name
+        assert len(description) > 20, name
+
+
+def test_config_prints_the_resolved_config_train_would_save(capsys):
+    from omegaconf import OmegaConf
+
+    from s4kit.config import from_yaml, load_config
+
+    code, out, _ = _run(["config", "digits/reco", "train.iters=7", "method.num_queries=32"], capsys)
+    assert code == 0
+    printed = OmegaConf.to_container(from_yaml_text(out, from_yaml))
+    assert printed == OmegaConf.to_container(load_config("digits/reco", ["train.iters=7", "method.num_queries=32"]))
+    assert printed["train"]["iters"] == 7 and printed["run"]["dir"] == "runs/digits/reco/1_16/seed0"
+    code, _, err = _run(["config", "digits/reco", "method.num_querys=3"], capsys)
+    assert code == 2 and "num_querys" in err
+
+
+def from_yaml_text(text, from_yaml):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "config.yaml"
+        path.write_text(text)
+        return from_yaml(path)

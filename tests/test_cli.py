@@ -95,10 +95,12 @@ def test_default_run_folders_are_per_preset_split_and_seed(tmp_path):
 
 
 def test_a_command_that_fails_before_training_leaves_no_run_folder(digits_root, tmp_path, capsys):
-    run = tmp_path / "runs" / "a"
+    run = tmp_path / "runs" / "digits" / "a"
+    (tmp_path / "runs" / "other").mkdir(parents=True)  # a folder beside: kept, and so is runs/
     code, _, err = _run(["train", "digits/supervised", "data.root=/nonexistent/d", f"run.dir={run}", "device=cpu"],
                         capsys)
-    assert code == 2 and "split file not found" in err and not run.exists()
+    assert code == 2 and "split file not found" in err and not (tmp_path / "runs" / "digits").exists()
+    assert (tmp_path / "runs" / "other").is_dir()
     kept = tmp_path / "kept"
     kept.mkdir()  # a folder that existed before the command is never removed
     code, _, _ = _run(["train", "digits/supervised", "data.root=/nonexistent/d", f"run.dir={kept}", "device=cpu"],

@@ -503,6 +503,7 @@ def train(cfg, progress: bool = True) -> dict:
     method = build_checked(cfg).to(device)
     lock, run_dir = None, Path(cfg.run.dir)
     made_here = not run_dir.exists()
+    existing = next(p for p in run_dir.absolute().parents if p.exists())  # folders above: left as found
     if rank == 0:
         lock = RunLock(claim_run_dir(run_dir))
     failed = False
@@ -517,6 +518,13 @@ def train(cfg, progress: bool = True) -> dict:
         if failed and rank == 0 and made_here and not any(
                 (run_dir / f).exists() for f in ("checkpoints/last.pt", "log.csv")):
             shutil.rmtree(run_dir, ignore_errors=True)  # made by this command, which logged and saved nothing
+            for parent in run_dir.absolute().parents:  # and the empty folders it made above it
+                if parent == existing:
+                    break
+                try:
+                    parent.rmdir()  # only if empty: another run may have started beside it
+                except OSError:
+                    break
 
 
 def finished_run(cfg) -> dict | None:

@@ -143,12 +143,17 @@ def _reproduce(args) -> None:
 
 
 def _viz(args) -> None:
-    from .engine.latent import viz_runs
+    from .engine.latent import comparison_path, viz_runs
 
     results = viz_runs(args.run_dirs, args.out)
     for run, m in results.items():
         print(f"{run}: silhouette {m['silhouette']:.3f}, kNN accuracy {m['knn_accuracy']:.1f}%, "
               f"prototype distance {m['proto_distance']:.3f}")
+    written = [Path(run) / "figures" / "tsne_evolution.png" for run in results]
+    if results:
+        written.append(comparison_path(args.run_dirs, args.out))
+    for path in written:
+        print(f"wrote {path}")
 
 
 def _report(args) -> None:
@@ -178,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every ``s4kit`` subcommand."""
     from . import __version__
 
-    p = argparse.ArgumentParser(prog="s4kit", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="s4kit", description=__doc__.split("\n\n")[0].replace("``", ""))
     p.add_argument("--version", action="version", version=f"s4kit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("data", help="build the embedded digits dataset, or COCO's masks, on disk")
@@ -211,9 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="key=value overrides (eval.mode=sliding, ...)")
     e.set_defaults(fn=_eval)
     r = sub.add_parser("reproduce", help="papermill: notebooks/reproduce.ipynb -> RUN_DIR")
-    r.add_argument("--method", required=True)
-    r.add_argument("--dataset", default="digits")
-    r.add_argument("--split", required=True)
+    from .config import available_presets
+
+    presets = [name.split("/") for name in available_presets()]
+    r.add_argument("--method", required=True,
+                   help=f"the preset's name: {', '.join(sorted({m for _, m in presets}))} (s4kit presets)")
+    r.add_argument("--dataset", default="digits", help=f"{', '.join(sorted({d for d, _ in presets}))} (default digits)")
+    r.add_argument("--split", required=True,
+                   help="digits: 1_32 1_16 1_8 1_4 full; pascal: 92 183 366 732 1464 1_16 1_8 1_4 u2pl_1_16 ...; "
+                        "cityscapes: 1_16 1_8 1_4 1_2; coco: 1_512 1_256 1_128 1_64 1_32")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("-p", "--param", nargs=2, action="append", metavar=("KEY", "VALUE"),
                    help="notebook parameter (FAST, MAX_ITERS, DEVICE, DATA_ROOT, OVERRIDES)")

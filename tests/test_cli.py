@@ -160,3 +160,19 @@ def from_yaml_text(text, from_yaml):
         path = Path(d) / "config.yaml"
         path.write_text(text)
         return from_yaml(path)
+
+
+def test_help_lists_the_choices_and_shows_no_markup(capsys):
+    from s4kit.config import available_presets
+
+    with pytest.raises(SystemExit) as ex:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert ex.value.code == 0 and "``" not in out and "s4kit command line" in out
+    with pytest.raises(SystemExit):
+        main(["reproduce", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for name in available_presets():
+        dataset, method = name.split("/")
+        assert method in out and dataset in out, name
+    assert "1_512" in out and "u2pl_1_16" in out

@@ -1,5 +1,6 @@
 """Latent-space snapshots and measures (issue 7): determinism, transform placement, sklearn agreement."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +44,7 @@ def test_prototype_distance_hand_example():
     assert prototype_distance(reps, labels, protos) == pytest.approx(0.0)
 
 
-def test_snapshots_are_deterministic_small_and_prototypes_land_where_transform_puts_them(digits_root, tmp_path):
+def test_snapshots_are_deterministic_small_and_prototypes_land_where_transform_puts_them(digits_root, tmp_path, capsys):
     over = tiny_overrides(digits_root, tmp_path / "a", iters=4) + ["viz.snapshots=3", "viz.snapshot_pixels=300",
                                                                   "viz.snapshot_images=16"]
     train(load_config("digits/reco", over), progress=False)
@@ -78,6 +79,15 @@ def test_snapshots_are_deterministic_small_and_prototypes_land_where_transform_p
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert m["silhouette"] == pytest.approx(results[str(tmp_path / "a")]["silhouette"])
     assert {"knn_accuracy", "proto_distance"} <= set(m)
+
+    from s4kit.cli import main
+
+    (tmp_path / "side.png").unlink()
+    assert main(["viz", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "side.png")]) == 0
+    wrote = [line[len("wrote "):] for line in capsys.readouterr().out.splitlines() if line.startswith("wrote ")]
+    assert wrote == [str(tmp_path / r / "figures" / "tsne_evolution.png") for r in ("a", "b")] + \
+        [str(tmp_path / "side.png")]
+    assert all(Path(w).is_file() for w in wrote)
 
 
 def test_snapshots_of_val_images_of_different_sizes(digits_root, tmp_path):

@@ -42,6 +42,12 @@ def final_measures(run_dir: Path, seed: int = 0) -> dict:
     return latent_measures(snaps[-1][1], pixels["label"], seed=seed)
 
 
+def comparison_path(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
+    """Where ``viz_runs`` draws the side-by-side figure: ``out``, else
+    ``<parent of the first run>/latent_space.png``."""
+    return Path(out) if out else Path(run_dirs[0]).parent / "latent_space.png"
+
+
 def viz_runs(run_dirs: list[str | Path], out: str | Path | None = None, tsne_iters: int = 500) -> dict:
     """Write ``figures/tsne_evolution.png`` in every run, a side-by-side figure of the final
     embeddings (``out``, default ``<parent of the first run>/latent_space.png``), and the
@@ -81,6 +87,5 @@ def viz_runs(run_dirs: list[str | Path], out: str | Path | None = None, tsne_ite
                        "sizes": sigma_sizes(snaps[-1][1])})
         dataset, names = info["dataset"], info["names"]
     if panels:
-        out = Path(out) if out else Path(run_dirs[0]).parent / "latent_space.png"
-        comparison_figure(out, panels, names, dataset)
+        comparison_figure(comparison_path(run_dirs, out), panels, names, dataset)
     return results

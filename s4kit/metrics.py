@@ -1,6 +1,6 @@
 """Metrics as pure tensor functions: confusion matrix, dataset-level mIoU, pseudo-label quality.
 
-Source: reference/substrate.md §8.1. The mIoU is computed from one K x K confusion matrix
+Source: docs/methods/substrate.md §8.1. The mIoU is computed from one K x K confusion matrix
 accumulated over the *whole* validation set (never the mean of per-image mIoUs):
 
     IoU_k = TP_k / (TP_k + FP_k + FN_k),     mIoU = (1/K) sum_k IoU_k                 (S12)

@@ -1,4 +1,4 @@
-"""AllSpark (reference/allspark.md §13) and SegFormer: attention math, inference path,
+"""AllSpark (docs/methods/allspark.md §13) and SegFormer: attention math, inference path,
 semantic memory, CSG, memory size, strict MiT weight loading, one training step."""
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Losses: reference/substrate.md §10 checks 14-20 on hand-made tensors."""
+"""Losses: docs/methods/substrate.md §10 checks 14-20 on hand-made tensors."""
 import math
 
 import pytest

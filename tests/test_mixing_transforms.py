@@ -1,4 +1,4 @@
-"""Joint transforms and mixing: reference/substrate.md §10 checks 8-13."""
+"""Joint transforms and mixing: docs/methods/substrate.md §10 checks 8-13."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Networks and the mean teacher: reference/substrate.md §10 checks 1-7."""
+"""Networks and the mean teacher: docs/methods/substrate.md §10 checks 1-7."""
 import pytest
 import torch
 

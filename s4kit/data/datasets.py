@@ -6,7 +6,7 @@ crop padding), ``id`` str, ``index`` int. Unlabeled samples
 carry no ``mask``; where the dataset has hidden ground truth (digits) they carry
 ``hidden_mask`` instead, used only to measure pseudo-labels.
 
-Label files (reference/substrate.md §7, frameworks.md §B1):
+Label files (docs/methods/substrate.md §7, docs/methods/frameworks.md §B1):
 
 * ``voc``: ``SegmentationClass`` palette PNGs and ``SegmentationClassAug`` grayscale PNGs
   both decode to class ids with ``np.asarray(Image.open(path))`` (a palette PNG stores

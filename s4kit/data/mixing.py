@@ -1,6 +1,6 @@
 """CutMix and ClassMix inside a batch, applied jointly to images, pseudo-labels and confidences.
 
-Source: reference/substrate.md §4 step 3 (ReCo ``module_list.py`` ``generate_cutout_mask``,
+Source: docs/methods/substrate.md §4 step 3 (ReCo ``module_list.py`` ``generate_cutout_mask``,
 ``generate_class_mask``; ``build_data.py`` ``generate_unsup_data``). Image i is mixed
 with its partner pi(i) = (i + 1) mod B through a binary mask M_i (1 = keep image i):
 

@@ -1,6 +1,6 @@
 """Split files in the official UniMatch format (shared by U2PL, CPS and AllSpark).
 
-Layout (reference/frameworks.md §B1)::
+Layout (docs/methods/frameworks.md §B1)::
 
     <splits>/<split>/labeled.txt      one "relative/image/path relative/mask/path" per line
     <splits>/<split>/unlabeled.txt

@@ -1,6 +1,6 @@
 """Weak (geometric) and strong (photometric) views, built on torchvision.transforms.v2.
 
-* Weak view, per sample in the data loader (reference/substrate.md §4, frameworks.md §A3):
+* Weak view, per sample in the data loader (docs/methods/substrate.md §4, docs/methods/frameworks.md §A3):
   random rescale by s ~ U(scale_range), random crop to ``crop_size`` with padding
   (image 0, mask 255; UniMatch's convention; the ReCo family pads images by reflection on
   the right and bottom, ReCo ``build_data.py`` ``transform``: padded pixels carry no label

@@ -1,6 +1,6 @@
 """Evaluation: dataset-level mIoU (full image or sliding window) and pseudo-label quality.
 
-Source: reference/substrate.md §8. The confusion matrix is summed over the whole val set
+Source: docs/methods/substrate.md §8. The confusion matrix is summed over the whole val set
 and all-reduced over ranks; each rank evaluates images ``rank, rank + W, ...`` so no image
 is counted twice (the UniMatch DistributedSampler padding is not reproduced).
 """

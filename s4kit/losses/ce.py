@@ -2,7 +2,7 @@
 
 Pure functions of tensors. Shapes: logits float (B, K, H, W) at label resolution;
 labels int64 (B, H, W) with 255 = ignore; confidences float (B, H, W) in [0, 1].
-Source: reference/substrate.md §5.1-5.2.
+Source: docs/methods/substrate.md §5.1-5.2.
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def unsupervised_weighted_ce(logits: torch.Tensor, pseudo: torch.Tensor, confide
 
 def unsupervised_masked_ce(logits: torch.Tensor, pseudo: torch.Tensor, confidence: torch.Tensor,
                            threshold: float = 0.95) -> torch.Tensor:
-    """UniMatch-style per-pixel masked CE (frameworks.md §A2, U2).
+    """UniMatch-style per-pixel masked CE (docs/methods/frameworks.md §A2, U2).
 
         L_u = sum_p 1[q_p >= tau] CE(z_p, y^_p) / #{p: y^_p != 255}
 

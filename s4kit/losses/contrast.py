@@ -1,6 +1,6 @@
 """ReCo's pixel contrast: hard anchors, class-relation-guided negative keys, InfoNCE.
 
-Source: reference/substrate.md §5.3 (ReCo ``module_list.py`` ``compute_reco_loss``),
+Source: docs/methods/substrate.md §5.3 (ReCo ``module_list.py`` ``compute_reco_loss``),
 re-written vectorised as the reference recommends (§9). Inputs live on the head's grid
 (h, w); labels and validity are nearest-downsampled by the caller.
 

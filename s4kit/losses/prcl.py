@@ -1,7 +1,7 @@
 """PRCL: mutual-likelihood similarity, distribution prototypes, probabilistic pixel contrast.
 
 Source: Xie et al., "Boosting Semi-Supervised Semantic Segmentation with Probabilistic
-Representations", AAAI 2023 (arXiv 2210.14670); reference/prcl.md §3-§6, §10 (official
+Representations", AAAI 2023 (arXiv 2210.14670); docs/methods/prcl.md §3-§6, §10 (official
 code ``generalframeworks/loss/loss.py``: ``Prcl_Loss``, MLS, prototype "Equation 7/8";
 ``generalframeworks/scheduler/rampscheduler.py``). A pixel is a diagonal Gaussian
 z = N(mu, diag sigma^2), mu the representation head's output, sigma^2 the probability head's.
@@ -47,7 +47,7 @@ def precision_stats(mu: torch.Tensor, sigma2: torch.Tensor, labels: torch.Tensor
     Returns ``(precision, weighted)``, each float (K, D): sum_i 1/sigma^2_i and
     sum_i mu_i / sigma^2_i over the pixels i of each class (zeros for absent classes).
     Sums are chunk-associative, so summing them over DDP ranks equals the statistics of
-    the gathered pixels (reference/prcl.md §14 check 7).
+    the gathered pixels (docs/methods/prcl.md §14 check 7).
     """
     onehot = F.one_hot(labels, num_classes).to(mu.dtype).t()  # (K, N)
     prec = 1.0 / sigma2
@@ -118,7 +118,7 @@ def prcl_loss(mu: torch.Tensor, sigma2: torch.Tensor, labels: torch.Tensor, vali
             process, before any early return, so DDP ranks stay in step).
         global_prototypes: optional ``(mu_G, sigma2_G)`` (K, D) used as positives and for
             negative-class sampling instead of the batch prototypes ([interpretation] of
-            the journal's global distribution prototypes, reference/prcl.md §10); a class
+            the journal's global distribution prototypes, docs/methods/prcl.md §10); a class
             whose global row is NaN falls back to its batch prototype.
         virtual_negatives: V > 0 adds V virtual negatives per anchor, drawn from
             N(mu_G,c', sigma^2_G,c') of classes c' != c drawn like the real ones
@@ -176,7 +176,7 @@ def variance_regularizer(sigma2: torch.Tensor) -> torch.Tensor:
         R = mean_d 1/2 (sigma^2_d - ln sigma^2_d - 1)  >= 0, zero iff sigma^2 = 1
 
     The AAAI abstract says "we regularize the distribution variance" but neither the form
-    nor any code exists (reference/prcl.md §6); an unused ``KL_Divergence_2D`` class in an
+    nor any code exists (docs/methods/prcl.md §6); an unused ``KL_Divergence_2D`` class in an
     old ``loss.py`` suggests a KL to a unit Gaussian. It keeps sigma^2 away from 0, where
     MLS would otherwise reward over-confidence (§3, check 12).
 

@@ -7,7 +7,7 @@ Sources:
 * RC²L (Zhang et al., IJCAI 2022, arXiv 2204.13314): names and roles of Region Class
   Consistency (RCC), Region Mask Contrastive (RMC), Region Feature Contrastive (RFC) and
   Semantic Mask Consistency (SMC). The paper's equations are not available; the formulas
-  (R6)-(R9) are s4kit's reconstruction (reference/rc2l.md §8), equation numbers as there.
+  (R6)-(R9) are s4kit's reconstruction (docs/methods/rc2l.md §8), equation numbers as there.
 
 Notation: N queries, K classes (index K = no-object, "∅"), P = h*w pixels of the head grid,
 masks flattened to (.., P); ``valid`` (P,) bool excludes ignore (255) and crop padding.
@@ -178,7 +178,7 @@ def mask_average_pool(feat: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
     Args: feat (C, P) or (B, C, P); masks (J, P) or (B, J, P) with values in [0, 1].
     Returns region features (J, C) or (B, J, C). An empty mask gives a zero (finite) vector.
-    Source: RC²L Fig. 2 caption ("MAP"), reference/rc2l.md (R2).
+    Source: RC²L Fig. 2 caption ("MAP"), docs/methods/rc2l.md (R2).
     """
     num = masks @ feat.transpose(-1, -2)
     return num / (masks.sum(-1, keepdim=True) + EPS)
@@ -190,7 +190,7 @@ def dice_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------
-# teacher regions (reference/rc2l.md §6, T1)
+# teacher regions (docs/methods/rc2l.md §6, T1)
 # ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def teacher_regions(class_logits: torch.Tensor, mask_logits: torch.Tensor, valid: torch.Tensor,
@@ -241,7 +241,7 @@ def merge_same_class(index: torch.Tensor, classes: torch.Tensor, hard: torch.Ten
 
 
 # ---------------------------------------------------------------------------------------
-# the four RC²L losses (reconstruction, reference/rc2l.md §8)
+# the four RC²L losses (reconstruction, docs/methods/rc2l.md §8)
 # ---------------------------------------------------------------------------------------
 # (R6)  L_rcc = 1/sum_i w_i sum_i w_i [-log p^s_i(c^_i)],  c^_i = c_j if i = sigma(j) else ∅,  w_∅ = 0.1
 def rcc_loss(class_logits: torch.Tensor, targets: torch.Tensor, no_object_weight: float = 0.1) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """``allspark``: SegFormer whose labeled stage-4 features are rebuilt from unlabeled ones.
 
 Source: Wang et al., AllSpark, CVPR 2024; training loop of the official
-``train_allspark.py`` as in reference/allspark.md §7 (module: ``s4kit/models/allspark.py``).
+``train_allspark.py`` as in docs/methods/allspark.md §7 (module: ``s4kit/models/allspark.py``).
 One iteration (``framework=allspark``, the default, the paper's code):
 
 1. eval-mode forward of the *same* network on the weakly augmented unlabeled crops u

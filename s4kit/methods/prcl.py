@@ -3,7 +3,7 @@
 Source: Xie et al., "Boosting Semi-Supervised Semantic Segmentation with Probabilistic
 Representations", AAAI 2023 (arXiv 2210.14670) and "PRCL: Probabilistic Representation
 Contrastive Learning for Semi-Supervised Semantic Segmentation", IJCV 2024 (arXiv
-2402.18117); reference/prcl.md (official code ``Haoyu-Xie/PRCL`` @ d8829da, which
+2402.18117); docs/methods/prcl.md (official code ``Haoyu-Xie/PRCL`` @ d8829da, which
 implements the AAAI version). ReCo with every pixel a diagonal Gaussian z = N(mu, sigma^2):
 
     mu      = the representation head's output ``rep``            (B, D, h, w)
@@ -27,7 +27,7 @@ Design choices (all configurable, see ``PRCLOptions``):
   prototypes (``version=aaai``), tau = 100, delta_s = 0.8, delta_w = 0.7, delta_u = 0.97,
   lambda_c ramping down over the whole run. As in s4kit's ReCo, classes with no hard anchor
   do not count in the loss denominator (``literal_denominator=true`` restores the code).
-* Options the official code lacks, off by default (reference/prcl.md §6, §10, both
+* Options the official code lacks, off by default (docs/methods/prcl.md §6, §10, both
   [interpretation]): ``variance_reg=custom`` (a KL-to-unit-Gaussian term on the anchors'
   sigma^2, weight ``variance_reg_weight``) and ``version=ijcv_interpretation`` (global
   distribution prototypes: a precision-weighted running fusion of the batch prototypes
@@ -52,7 +52,7 @@ from .steps import contrast_targets, mean_teacher_step
 
 @dataclass
 class PRCLOptions(MeanTeacherOptions):
-    """Options of ``prcl`` (reference/prcl.md §13); defaults are the official code's values."""
+    """Options of ``prcl`` (docs/methods/prcl.md §13); defaults are the official code's values."""
 
     name: str = "prcl"
     weak_threshold: float = opt(0.7, "[0, 1]")  # delta_w: pseudo-label validity for the contrast

@@ -4,7 +4,7 @@
 Source: Zhang, Wu, Ding, Zhao, Guo, "Region-level Contrastive and Consistency Learning for
 Semi-Supervised Semantic Segmentation", IJCAI 2022 (arXiv 2204.13314). No code is public
 and the paper's method section is not available: this is the first public implementation
-and a *reconstruction* (reference/rc2l.md §4-§9). What the paper states: an EMA teacher,
+and a *reconstruction* (docs/methods/rc2l.md §4-§9). What the paper states: an EMA teacher,
 a MaskFormer-style head (queries, mask embeddings, pixel-decoder feature F, region
 features by mask average pooling), and four losses RMC, RFC, RCC, SMC. Everything else is
 s4kit's choice, each an option:
@@ -65,7 +65,7 @@ def maskformer_supervised_loss(out: dict, labels: torch.Tensor, opts) -> torch.T
     """L_sup (R5) summed over the last and (if ``opts.deep_supervision``) every earlier decoder layer.
 
     Args: ``out`` a ``MaskFormerHead`` output dict; labels int64 (B, H, W), 255 = ignore.
-    ``opts.mask_resolution``: ``head`` (default, reference/rc2l.md §12: labels
+    ``opts.mask_resolution``: ``head`` (default, docs/methods/rc2l.md §12: labels
     nearest-downsampled to the H/4 mask grid) or ``input`` (mask logits bilinearly upsampled
     to the labels, as MaskFormer does; costs N x H x W per image). Returns a scalar; raises
     ``ValueError`` for an unknown ``mask_resolution``.
@@ -85,7 +85,7 @@ def maskformer_supervised_loss(out: dict, labels: torch.Tensor, opts) -> torch.T
 
 @dataclass
 class SupervisedMaskFormerOptions(SupervisedOptions):
-    """Options of ``supervised_maskformer``: MaskFormer's loss weights (reference/rc2l.md §7)."""
+    """Options of ``supervised_maskformer``: MaskFormer's loss weights (docs/methods/rc2l.md §7)."""
 
     name: str = "supervised_maskformer"
     no_object_weight: float = opt(0.1, "[0, inf)")  # w_∅ (MaskFormer NO_OBJECT_WEIGHT)
@@ -118,7 +118,7 @@ class SupervisedMaskFormer(Method):
 
 @dataclass
 class RC2LOptions(MeanTeacherOptions):
-    """Options of ``rc2l``; every value is s4kit's reconstruction (reference/rc2l.md §4, §10)."""
+    """Options of ``rc2l``; every value is s4kit's reconstruction (docs/methods/rc2l.md §4, §10)."""
 
     name: str = "rc2l"
     no_object_weight: float = opt(0.1, "[0, inf)")

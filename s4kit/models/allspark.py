@@ -3,7 +3,7 @@
 Source: Wang et al., "AllSpark: Reborn Labeled Features from Unlabeled in Transformer for
 Semi-Supervised Semantic Segmentation", CVPR 2024; the math follows the official code
 (``xmed-lab/AllSpark`` ``model/semseg/allspark.py``: ``CrossAttnMem``, ``AllSpark``) as
-written down in reference/allspark.md §3-§6 (equation numbers A1-A8 are that file's).
+written down in docs/methods/allspark.md §3-§6 (equation numbers A1-A8 are that file's).
 Written anew; nothing is copied.
 
 The **tokens of attention are channels**: a channel's embedding is its spatial map of

@@ -1,6 +1,6 @@
 """DeepLabV3+ with a classifier head and a representation head (the ReCo-family network).
 
-Source: reference/substrate.md §2 (ReCo ``network/deeplabv3/{deeplabv3,aspp}.py``;
+Source: docs/methods/substrate.md §2 (ReCo ``network/deeplabv3/{deeplabv3,aspp}.py``;
 PRCL/CSS ``DeepLabv3Plus_with_rep``). Structure, with C_a = ASPP width (256), C_l = the
 low-level projection width (48), C_f = C_a + C_l (304):
 

@@ -1,6 +1,6 @@
 """The mean teacher: an exponential moving average of the student's parameters.
 
-Source: reference/substrate.md §3 (ReCo ``module_list.py`` ``EMA``; PRCL/CSS inherit it).
+Source: docs/methods/substrate.md §3 (ReCo ``module_list.py`` ``EMA``; PRCL/CSS inherit it).
 After every optimiser step k = 0, 1, 2, ...:
 
     d_k = min(1 - 1/(k+1), alpha),   xi <- d_k * xi + (1 - d_k) * theta          (S1)

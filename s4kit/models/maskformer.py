@@ -2,7 +2,7 @@
 
 Sources: Cheng et al., "Per-Pixel Classification is Not All You Need for Semantic
 Segmentation" (MaskFormer, NeurIPS 2021), §3.2-3.4 and ``mask_former/modeling``; the
-RC²L head as its Fig. 2 caption names it (Zhang et al., IJCAI 2022; reference/rc2l.md §5).
+RC²L head as its Fig. 2 caption names it (Zhang et al., IJCAI 2022; docs/methods/rc2l.md §5).
 
 Structure (C_f = decoder concatenation, E = ``mask_dim``, N = ``num_queries``):
 
@@ -18,7 +18,7 @@ Structure (C_f = decoder concatenation, E = ``mask_dim``, N = ``num_queries``):
     mask logits      m~_i[h,w] = f_i . F[:,h,w]              (B, N, H/4, W/4)      (R1)
     semantic masks   S[c] = sum_i softmax(p~_i)(c) sigmoid(m~_i)  c = 1..K         (R3)
 
-s4kit choices (reference/rc2l.md D1, I3): the pixel decoder is the substrate DeepLabV3+
+s4kit choices (docs/methods/rc2l.md D1, I3): the pixel decoder is the substrate DeepLabV3+
 decoder (the issue's "mask head on the DeepLabV3+ features"), not MaskFormer's FPN; no
 transformer encoder (MaskFormer's ENC_LAYERS = 0 default). What the queries attend to is an
 option: ``memory="aspp"`` (default, the ASPP output projected to E, as MaskFormer attends to
@@ -62,7 +62,7 @@ def semantic_inference(class_logits: torch.Tensor, mask_logits: torch.Tensor) ->
         mask_logits: float (B, N, h, w).
 
     Returns float (B, K, h, w) with values in [0, N]. Source: MaskFormer §3.4,
-    ``semantic_inference`` in ``mask_former_model.py``; reference/rc2l.md (R3).
+    ``semantic_inference`` in ``mask_former_model.py``; docs/methods/rc2l.md (R3).
     """
     prob = class_logits.softmax(-1)[..., :-1]
     return torch.einsum("bnk,bnhw->bkhw", prob, mask_logits.sigmoid())

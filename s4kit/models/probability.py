@@ -1,7 +1,7 @@
 """PRCL's probability head (sigma^2) and a network wrapper that adds it to DeepLabV3+.
 
 Source: Xie et al., "Boosting Semi-Supervised Semantic Segmentation with Probabilistic
-Representations", AAAI 2023 (arXiv 2210.14670); reference/prcl.md §2.3 (official code
+Representations", AAAI 2023 (arXiv 2210.14670); docs/methods/prcl.md §2.3 (official code
 ``generalframeworks/networks/uncer_head.py``, ``Uncertainty_head``). Per pixel p with input
 x_p (the raw decoder concatenation, C_f channels):
 

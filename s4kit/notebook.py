@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import S4kitError
 
-__all__ = ["SMOKE_BANNER", "announce", "flag", "home", "home_path"]
+__all__ = ["SMOKE_BANNER", "announce", "cached_run", "config_key", "flag", "home", "home_path"]
 
 _TRUE = {"true", "yes", "on", "1", "y", "t"}
 _FALSE = {"false", "no", "off", "0", "n", "f", "", "none"}
@@ -86,3 +86,42 @@ def announce(fast: bool, **paths) -> None:
         print(f"{name}: {path}")
     if fast:
         print(SMOKE_BANNER)
+
+
+def config_key(cfg) -> str:
+    """A short fingerprint of a resolved config, ``run.dir`` excluded: 10 hex digits of the
+    SHA-1 of its YAML. Two configs share a key exactly when they would train the same run."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True)
+    data.get("run", {}).pop("dir", None)
+    text = OmegaConf.to_yaml(OmegaConf.create(data))
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:10]
+
+
+def cached_run(preset: str, overrides: list[str] | tuple[str, ...], root: str | os.PathLike,
+               progress: bool = True) -> Path:
+    """Train ``preset`` with ``overrides`` into ``root/<config_key>``, or reuse that run when it
+    already finished with this very config (``finished_run``); a killed run resumes.
+
+    Keying the folder by the full config (never by the mere presence of a file) means a FAST
+    run is never mistaken for a full one, and notebooks, ``make book`` and ``make demo`` can
+    share runs. Returns the run folder.
+
+    Raises:
+        ConfigError: an unknown preset or an invalid override (from ``load_config``).
+    """
+    from .config import load_config
+    from .engine.trainer import finished_run, train
+
+    overrides = [o for o in overrides if not o.startswith("run.dir=")]
+    key = config_key(load_config(preset, list(overrides)))
+    run_dir = Path(root) / key
+    cfg = load_config(preset, [*overrides, f"run.dir={run_dir}"])
+    if finished_run(cfg) is not None:
+        print(f"reusing the finished run {run_dir} (same config)")
+    else:
+        train(cfg, progress=progress)
+    return run_dir

@@ -75,3 +75,24 @@ def test_gitignore_covers_data_and_run_folders_made_anywhere(tmp_path):
              "data/digits/JPEGImages/a.png", "data/voc/x.png"]
     out = subprocess.run(["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True)
     assert sorted(out.stdout.split()) == sorted(paths)
+
+
+def test_cached_run_is_keyed_by_the_whole_config(tmp_path, digits_root, capsys):
+    """A run is reused only for the very same config: a FAST (shorter) run never stands in for a
+    longer one, and changing any key trains a new run beside it."""
+    from conftest import tiny_overrides
+
+    from s4kit.notebook import cached_run
+
+    base = [o for o in tiny_overrides(digits_root, tmp_path / "ignored", iters=2) if not o.startswith("run.dir")]
+    first = cached_run("digits/supervised", base, tmp_path / "cache", progress=False)
+    assert (first / "metrics.json").exists() and first.parent == tmp_path / "cache"
+    stamp = (first / "metrics.json").stat().st_mtime_ns
+    again = cached_run("digits/supervised", base, tmp_path / "cache", progress=False)
+    assert again == first and (first / "metrics.json").stat().st_mtime_ns == stamp
+    assert "reusing the finished run" in capsys.readouterr().out
+    longer = cached_run("digits/supervised", [*base, "train.iters=4", "train.checkpoint_every=4"], tmp_path / "cache",
+                        progress=False)
+    assert longer != first
+    import json
+    assert json.loads((longer / "metrics.json").read_text())["iters"] == 4

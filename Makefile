@@ -7,7 +7,7 @@ DEMO   ?= runs/demo
 DATA   ?= data/digits
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo table benchmark mutants clean-demo
+.PHONY: install test test-slow demo table benchmark mutants clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu" --durations=15
+	$(BIN)/python -m pytest -q -m "not gpu and not teaching" --durations=15
+
+# Every notebook at its default (teaching) settings: about 5 minutes each on 2 cores.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "teaching" --durations=0
 
 # Every method on digits 1_16 (+ supervised on full): results table and figures.
 demo: $(STAMP)

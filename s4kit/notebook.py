@@ -30,9 +30,22 @@ def flag(value, name: str = "FAST") -> bool:
     ``None``, ``"false"``, ``"no"``, ``"0"``, ``""`` -> ``False`` (strings case-insensitive,
     surrounding blanks ignored).
 
+    The environment variable ``S4KIT_<name>`` (e.g. ``S4KIT_FAST=1``), when set and not empty,
+    wins over ``value``: that is how ``make test-book`` executes the whole book at smoke-test
+    settings without editing a notebook.
+
     Raises:
-        S4kitError: any other value (e.g. ``"maybe"``, ``2``), naming the parameter.
+        S4kitError: any other value (e.g. ``"maybe"``, ``2``), naming the parameter (or the
+            environment variable).
     """
+    env = os.environ.get(f"S4KIT_{name}", "")
+    if env.strip():
+        return _parse(env, f"S4KIT_{name}")
+    return _parse(value, name)
+
+
+def _parse(value, name: str) -> bool:
+    """``flag`` without the environment: the value alone, or ``S4kitError``."""
     if isinstance(value, bool):
         return value
     if value is None:

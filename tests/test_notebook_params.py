@@ -17,12 +17,24 @@ NOTEBOOKS = ROOT / "notebooks"
     (True, True), (False, False), ("true", True), ("True", True), ("false", False), ("False", False),
     (" FALSE ", False), ("0", False), ("1", True), (0, False), (1, True), ("yes", True), ("no", False),
     (None, False), ("", False)])
-def test_flag_reads_what_papermill_and_users_pass(value, expected):
+def test_flag_reads_what_papermill_and_users_pass(value, expected, monkeypatch):
+    monkeypatch.delenv("S4KIT_FAST", raising=False)
     assert flag(value) is expected
 
 
+def test_the_environment_wins_so_the_book_can_run_at_smoke_settings(monkeypatch):
+    monkeypatch.setenv("S4KIT_FAST", "1")
+    assert flag(False) is True
+    monkeypatch.setenv("S4KIT_FAST", "no")
+    assert flag(True) is False
+    monkeypatch.setenv("S4KIT_FAST", "perhaps")
+    with pytest.raises(S4kitError, match="S4KIT_FAST="):
+        flag(False)
+
+
 @pytest.mark.parametrize("value", ["maybe", 2, "ture", 0.5])
-def test_flag_refuses_anything_else_naming_the_parameter(value):
+def test_flag_refuses_anything_else_naming_the_parameter(value, monkeypatch):
+    monkeypatch.delenv("S4KIT_FAST", raising=False)
     with pytest.raises(S4kitError, match="FAST="):
         flag(value)
 

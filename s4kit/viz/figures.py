@@ -63,20 +63,20 @@ def overlays(path, images: list[np.ndarray], targets: list[np.ndarray], preds: l
     names = list(names) if names is not None else [str(k) for k in range(num_classes)]
     classes = [int(k) for k in shown if k < len(names)]
     pal = palette_array(dataset, num_classes) / 255.0
-    handles = [_swatch(pal[k], names[k]) for k in classes]
+    handles = [swatch(pal[k], names[k]) for k in classes]
     if (shown == 255).any():
-        handles.append(_swatch(pal[255], "ignored (255)"))
+        handles.append(swatch(pal[255], "ignored (255)"))
     if handles:
         fig.legend(handles=handles, title="class", loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=7,
                    title_fontsize=8, ncol=1 + len(handles) // 16, frameon=False)
-    fig.legend(handles=[_swatch(ERROR_COLOUR, "wrong"), _swatch(np.full(3, RIGHT_GREY / 255), "right"),
-                        _swatch(np.full(3, IGNORED_GREY / 255), "ignored")],
+    fig.legend(handles=[swatch(ERROR_COLOUR, "wrong"), swatch(np.full(3, RIGHT_GREY / 255), "right"),
+                        swatch(np.full(3, IGNORED_GREY / 255), "ignored")],
                title="errors", loc="lower left", bbox_to_anchor=(1.0, 0.02), fontsize=7, title_fontsize=8,
                frameon=False)
     return save_figure(fig, path)
 
 
-def _swatch(colour, label: str):
+def swatch(colour, label: str):
     """A square legend handle of ``colour`` (RGB in [0, 1]) with a thin grey edge (light colours show)."""
     from matplotlib.patches import Patch
 

@@ -101,7 +101,7 @@ def build_dataset(cfg, part: str, train: bool = True) -> SegmentationDataset:
     """
     d = cfg.data
     entries = None
-    if d.dataset == "folder":  # lists from the folder's layout (data/folder.py), masks checked here
+    if d.get("dataset") == "folder":  # lists from the folder's layout (data/folder.py), masks checked here
         from .folder import folder_entries
 
         path, entries = Path(d.root), folder_entries(d.root, part, d.num_classes)
@@ -139,7 +139,7 @@ def n_images(cfg, part: str) -> int:
     """Number of entries in the ``part`` list of the configured split (or folder dataset)."""
     from .splits import read_split_file
 
-    if cfg.data.dataset == "folder":
+    if cfg.data.get("dataset") == "folder":
         from .folder import folder_entries
 
         return len(folder_entries(cfg.data.root, part, cfg.data.num_classes, check=False))
@@ -153,7 +153,7 @@ def class_names(cfg) -> list[str]:
 
     k = cfg.data.num_classes
     names = list(CLASS_NAMES.get(cfg.data.dataset, ()))
-    if cfg.data.dataset == "folder":
+    if cfg.data.get("dataset") == "folder":
         from .datasets import DataError
         from .folder import read_classes
 

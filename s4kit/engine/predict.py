@@ -153,8 +153,7 @@ def predict_image(method, cfg, image: np.ndarray, device: torch.device, mode: st
     if with_sigma2:
         def mean_sigma2(crop):
             s2 = method.snapshot_extras(method.forward_eval(crop))["sigma2"].unsqueeze(1)  # (1, 1, h', w')
-            return torch.nn.functional.interpolate(s2.float(), size=crop.shape[-2:], mode="bilinear",
-                                                   align_corners=False)
+            return method.upsample_logits(s2.float(), crop.shape[-2:])  # resized as the method resizes logits
 
         sigma2 = sliding_window_mean(mean_sigma2, x, window, stride, 1)
     if probs.shape[-2:] != (h, w):  # data.resize: back to the image's own size

@@ -19,7 +19,7 @@ copyright = "2026, the s4kit authors"
 
 FAST = os.environ.get("S4KIT_FAST", "") not in ("", "0", "false", "False")
 
-extensions = ["myst_nb", "sphinx.ext.mathjax"]
+extensions = ["myst_nb", "sphinx.ext.mathjax", "sphinx-mathjax-offline"]  # MathJax served with the book: works offline
 root_doc = "book/index"
 include_patterns = ["book/*.md", "book/*.ipynb", "notebooks/*.ipynb", "docs/methods/*.md", "docs/protocols.md"]
 exclude_patterns = ["book/_build", "**/.ipynb_checkpoints", "docs/methods/notes_fidelity.md"]

@@ -73,3 +73,26 @@ def test_notebook_05_at_its_defaults(tmp_path, digits_root):
     nb = run_notebook(NAME, tmp_path, DATA_ROOT=str(digits_root))
     text = _check_executed(nb)
     assert "40 training steps" in text
+
+
+@pytest.mark.slow
+def test_notebook_05_has_no_hidden_state(tmp_path, digits_root):
+    """Every cell after the setup, run a second time in order in the same kernel, prints the same."""
+    from pathlib import Path
+
+    import papermill
+
+    src = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / NAME).read_text())
+    first = next(i for i, c in enumerate(src["cells"]) if "fresh()" in "".join(c["source"]))
+    again = [dict(c, id=f"again-{i}", metadata={**c["metadata"], "tags": ["again"]})
+             for i, c in enumerate(src["cells"][first:]) if c["cell_type"] == "code"]
+    src["cells"] = src["cells"] + again
+    twice = tmp_path / "twice.ipynb"
+    twice.write_text(json.dumps(src))
+    papermill.execute_notebook(str(twice), str(tmp_path / "out.ipynb"), progress_bar=False, kernel_name="python3",
+                               cwd=str(tmp_path), parameters={"FAST": True, "DATA_ROOT": str(digits_root)})
+    cells = [c for c in json.loads((tmp_path / "out.ipynb").read_text())["cells"] if c["cell_type"] == "code"]
+    n = len(again)
+    text = lambda c: "".join("".join(o.get("text", "")) for o in c["outputs"] if o.get("name") == "stdout")
+    for one, two in zip(cells[-2 * n:-n], cells[-n:]):
+        assert text(one) == text(two), "".join(one["source"])[:200]

@@ -67,7 +67,7 @@ def test_notebook_05_exercise_stubs_run_as_is(tmp_path, digits_root):
     assert "exercise 1: not done yet" in text and "exercise 2: not done yet" in text
 
 
-@pytest.mark.slow
+@pytest.mark.teaching
 def test_notebook_05_at_its_defaults(tmp_path, digits_root):
     """The notebook's own defaults (BATCH 8, STEPS 40): every check holds at full size."""
     nb = run_notebook(NAME, tmp_path, DATA_ROOT=str(digits_root))

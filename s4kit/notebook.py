@@ -13,11 +13,12 @@ Every notebook therefore normalises its parameters right after the parameters ce
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import S4kitError
 
-__all__ = ["SMOKE_BANNER", "announce", "cached_run", "config_key", "flag", "home", "home_path"]
+__all__ = ["SMOKE_BANNER", "announce", "cached_run", "config_key", "eval_mode", "flag", "home", "home_path"]
 
 _TRUE = {"true", "yes", "on", "1", "y", "t"}
 _FALSE = {"false", "no", "off", "0", "n", "f", "", "none"}
@@ -138,3 +139,22 @@ def cached_run(preset: str, overrides: list[str] | tuple[str, ...], root: str | 
     else:
         train(cfg, progress=progress)
     return run_dir
+
+
+@contextmanager
+def eval_mode(*modules):
+    """Put ``modules`` (``torch.nn.Module``) in eval mode inside the ``with`` block and give every
+    submodule back its own train/eval flag afterwards, even on an error, so a notebook cell can
+    be re-run in any order without leaving a network in the other mode::
+
+        with eval_mode(net), torch.no_grad():
+            logits = net(image)["logits"]
+    """
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield modules[0] if len(modules) == 1 else modules
+    finally:
+        for m, training in saved:
+            m.training = training

@@ -6,7 +6,6 @@ import pytest
 
 from s4kit.engine.reproduce import reproduce
 
-from conftest import run_notebook
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -35,24 +34,7 @@ def test_reproduce_notebook_through_the_cli_function(digits_root, tmp_path):
     assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code")  # the executed copy keeps them
 
 
-@pytest.mark.parametrize("name, checks", [
-    ("00_data_and_splits.ipynb", ["weak view by hand == s4kit", "strong view by hand == s4kit",
-                                  "CutMix by hand == s4kit", "ClassMix by hand == s4kit"]),
-    ("01_mean_teacher_and_pixel_contrast.ipynb", ["EMA by hand == s4kit", "pseudo-labels by hand ==",
-                                                  "both unsupervised losses by hand == s4kit",
-                                                  "ReCo loss by hand"]),
-])
-def test_teaching_notebooks_rebuild_the_library(name, checks, digits_root, tmp_path):
-    """Notebooks 00 and 01 run headlessly; each rebuilt component is asserted equal to s4kit
-    inside the notebook (a failing assert fails the cell), and the checks were reached."""
-    nb = run_notebook(name, tmp_path, FAST=True, DATA_ROOT=str(digits_root), RUN_DIR=str(tmp_path / "run"))
-    text = json.dumps(nb)
-    for check in checks:
-        assert check in text, check
-    # every figure cell shows its figure (the pictures are the point of these notebooks)
-    figure_cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "plt.subplots" in "".join(c["source"])]
-    shown = [c for c in figure_cells if any("image/png" in o.get("data", {}) for o in c["outputs"])]
-    assert figure_cells and len(shown) == len(figure_cells)
+# notebooks 00 and 01 are run by tests/test_notebook_00.py and tests/test_notebook_01.py
 
 
 def test_library_figures_keep_a_notebooks_inline_backend(monkeypatch):

@@ -73,7 +73,7 @@ def test_notebook_00_stubs_run_and_say_not_done_yet(digits_root, tmp_path):
     assert all(check in text for check in CHECKS)
 
 
-@pytest.mark.slow
+@pytest.mark.teaching
 def test_notebook_00_at_its_default_parameters(tmp_path):
     """FAST off, the full digits dataset built into a temporary folder."""
     nb = run_notebook(NAME, tmp_path, DATA_ROOT=str(tmp_path / "digits"))

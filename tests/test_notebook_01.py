@@ -65,7 +65,7 @@ def test_notebook_01_rebuilds_the_library(digits_root, tmp_path):
     assert "reusing the finished run" in text and all(check in text for check in CHECKS)
 
 
-@pytest.mark.slow
+@pytest.mark.teaching
 def test_notebook_01_at_its_default_parameters_then_again(tmp_path):
     """FAST off: the full dataset and the ITERS-iteration teacher in temporary folders; a second
     run reuses that teacher and prints the same checks and numbers (no hidden state)."""

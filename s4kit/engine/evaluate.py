@@ -79,9 +79,9 @@ def _batches(dataset, indices, batch_size: int):
 def image_bar(total: int, desc: str, progress: bool):
     """A tqdm bar over ``total`` images (``update(n)`` per batch) that disappears when closed
     (``leave=False``: the stage line of ``stages.stage`` replaces it); silent unless ``progress``."""
-    from tqdm.auto import tqdm
+    from .stages import progress_bar
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not progress, leave=False, mininterval=1.0,
+    return progress_bar()(total=total, desc=desc, unit="img", disable=not progress, leave=False, mininterval=1.0,
                 dynamic_ncols=True)
 
 

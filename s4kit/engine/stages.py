@@ -11,6 +11,7 @@ pytest's capture, a notebook) only the finished line is written, once.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -57,3 +58,18 @@ def _isatty(stream: TextIO) -> bool:
         return bool(stream.isatty())
     except (AttributeError, ValueError):  # no isatty, or a closed stream
         return False
+
+
+TEXT_BARS = "S4KIT_TEXT_PROGRESS"  # set (to 1) by ``s4kit reproduce`` for the notebook's kernel
+
+
+def progress_bar():
+    """The tqdm class of s4kit's bars: ``tqdm.auto``'s (a widget inside Jupyter), or the plain
+    text bar when the environment variable ``S4KIT_TEXT_PROGRESS`` is set: ``s4kit reproduce``
+    sets it for the kernel it starts, so the training bar reaches the terminal as text (a
+    widget's updates never leave the kernel under papermill)."""
+    if os.environ.get(TEXT_BARS):
+        from tqdm.std import tqdm
+    else:
+        from tqdm.auto import tqdm
+    return tqdm

@@ -42,7 +42,7 @@ from ..methods import build_method
 from .evaluate import evaluate, pseudo_label_metrics
 from .logger import CSVLog
 from .snapshots import Snapshotter
-from .stages import stage
+from .stages import progress_bar, stage
 
 
 class NonFiniteLossError(S4kitError, FloatingPointError):
@@ -643,8 +643,7 @@ def _train(cfg, method, device: torch.device, show_progress: bool) -> dict:
                                                    accum=accum)
     amp = device.type == "cuda" and cfg.train.amp
     o, T = cfg.optim, cfg.train.iters
-    from tqdm.auto import tqdm
-
+    tqdm = progress_bar()
     snap = Snapshotter(cfg, method, device, run_dir, lambda: build_dataset(cfg, "val", train=False)) \
         if rank == 0 and cfg.viz.snapshots else None
     if snap is not None and state is not None:

@@ -7,7 +7,7 @@ DEMO   ?= runs/demo
 DATA   ?= data/digits
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test demo table benchmark mutants clean-demo
+.PHONY: install test test-slow book test-book demo table benchmark mutants clean-demo
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,24 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not gpu" --durations=15
+	$(BIN)/python -m pytest -q -m "not gpu and not teaching" --durations=15
+
+# Every notebook at its default (teaching) settings: about 5 minutes each on 2 cores.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m "teaching" --durations=0
+
+# The book: every notebook executed at its teaching settings + the method notes, as HTML in
+# book/_build/html (an unchanged notebook is not executed again: jupyter-cache).
+BOOK_OPTS ?= -q -W --keep-going
+book: $(STAMP)
+	$(BIN)/s4kit data digits --root $(DATA)
+	$(BIN)/sphinx-build -b html $(BOOK_OPTS) -c book . book/_build/html
+	@echo "open book/_build/html/book/index.html"
+
+# The book at smoke-test settings, served and checked in headless Chromium (screenshots in
+# book/_build/screenshots/).
+test-book: $(STAMP)
+	$(BIN)/python -m pytest -q -m book tests/test_book.py
 
 # Every method on digits 1_16 (+ supervised on full): results table and figures.
 demo: $(STAMP)

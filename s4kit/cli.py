@@ -6,6 +6,7 @@
     s4kit presets
     s4kit config CONFIG [key=value ...]
     s4kit eval RUN_DIR [key=value ...]
+    s4kit predict RUN_DIR IMAGE|FOLDER ... --out DIR [--device D] [--checkpoint last|best] [--mode sliding|full]
     s4kit reproduce --method M --dataset D --split S [--seed N] [-p KEY VALUE ...] [--out DIR]
     s4kit viz RUN_DIR [RUN_DIR ...] [--out FILE]
     s4kit report RUNS_DIR [--csv]
@@ -134,6 +135,20 @@ def _eval(args) -> None:
     print(_summary(result, args.run_dir))
 
 
+def _predict(args) -> None:
+    """Segment the user's images; unreadable ones are named as they come, then summed up in one
+    error line (exit 2) after every other image was written."""
+    from .engine.predict import predict_run
+
+    result = predict_run(args.run_dir, args.images, args.out, device=args.device, checkpoint=args.checkpoint,
+                         mode=args.mode)
+    done = result["images"] - len(result["failed"])
+    print(f"segmented {done} of {result['images']} images: {len(result['written'])} files in {args.out}")
+    if result["failed"]:
+        names = ", ".join(str(path) for path, _ in result["failed"])
+        raise S4kitError(f"{len(result['failed'])} of {result['images']} images could not be read: {names}")
+
+
 def _reproduce(args) -> None:
     from .engine.reproduce import reproduce
 
@@ -215,6 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("overrides", nargs="*", help="key=value overrides (eval.mode=sliding, ...)")
     e.set_defaults(fn=_eval)
+    pr = sub.add_parser("predict", help="segment your own images with a trained run",
+                        description="Segment images (files, or folders searched recursively for .png .jpg .jpeg "
+                                    ".bmp .webp) with a run's checkpoint, along its evaluation path (the EMA teacher "
+                                    "where it evaluates with it; sliding windows of the training crop). Writes "
+                                    "<name>_mask.png (palette PNG of class ids), <name>_overlay.png, "
+                                    "<name>_uncertainty.png (entropy / log K) and, for prcl, <name>_sigma2.png.")
+    pr.add_argument("run_dir")
+    pr.add_argument("images", nargs="+", metavar="IMAGE", help="image files and/or folders")
+    pr.add_argument("--out", required=True, help="output folder (created; never a file)")
+    pr.add_argument("--device", default="auto", choices=["cpu", "cuda", "auto"])
+    pr.add_argument("--checkpoint", default="last", choices=["last", "best"],
+                    help="checkpoints/last.pt, or best.pt (the last one when metrics.json says it was the best)")
+    pr.add_argument("--mode", default="sliding", choices=["sliding", "full"],
+                    help="sliding: windows of eval.window or data.crop_size (one pass when the image fits); "
+                         "full: one pass over the whole image")
+    pr.set_defaults(fn=_predict)
     r = sub.add_parser("reproduce", help="papermill: notebooks/reproduce.ipynb -> RUN_DIR")
     from .config import available_presets
 

@@ -35,11 +35,11 @@ class ConfigError(S4kitError, ValueError):
 class DataConfig:
     """Where the data lives, which split, and the weak-view geometry."""
 
-    dataset: str = "digits"  # digits | pascal | cityscapes | coco
+    dataset: str = "digits"  # digits | pascal | cityscapes | coco | folder (your own images, data/folder.py)
     root: str = "data/digits"
     splits: Optional[str] = None  # default: <root>/splits
     split: str = "1_16"
-    num_classes: int = 11
+    num_classes: int = 11  # folder: 0 = K from <root>/classes.txt, filled in when the config is resolved
     label_format: str = "voc"  # voc (palette or grayscale ids) | cityscapes (gtFine labelIds -> train ids) | coco
     crop_size: int = 32
     scale_range: list = field(default_factory=lambda: [0.8, 1.25])  # random rescale factors
@@ -367,6 +367,8 @@ def resolve(cfg: DictConfig) -> DictConfig:
     encoder on purpose) (``_validate``), an option the method does not read set or a method's
     cross-section need (``model.name=maskformer`` for rc2l, ...: ``methods.base.check_method``),
     a ``model.*`` field the network does not read that differs from its default.
+    Raises ``DataError`` (``data.folder.class_count``) for a folder dataset whose ``classes.txt``
+    is bad or lists another number of classes than a positive ``data.num_classes``.
     """
     from .methods import method_options  # late import: config must not depend on methods at import
     from .methods.base import check_method, check_options
@@ -385,6 +387,10 @@ def resolve(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"method {name!r}: {str(exc).splitlines()[0]}") from exc
     check_options(options, method)  # again on the typed values: "nan" is a string before the merge
     cfg.method = method
+    if cfg.data.dataset == "folder":  # K from <root>/classes.txt (0 stays 0 while the file is absent)
+        from .data.folder import class_count
+
+        cfg.data.num_classes = class_count(cfg.data.root, cfg.data.num_classes)
     _validate(cfg)
     check_method(cfg)
     _check_network_fields(cfg.model)
@@ -396,6 +402,7 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+DATASETS = ("digits", "pascal", "cityscapes", "coco", "folder")
 MODEL_NAMES = ("deeplabv3plus", "maskformer", "segformer")
 BACKBONES = ("small", "resnet18", "resnet34", "resnet50", "resnet101", "resnet50_deepstem", "resnet101_deepstem")
 NO_WEIGHTS = "none"  # model.pretrained=none: train from a randomly initialised encoder, explicitly
@@ -518,7 +525,9 @@ def _validate(cfg: DictConfig) -> None:
     pos = "a positive number"
     nonneg = "0 or a positive number"
     checks = [
-        (d.dataset in ("digits", "pascal", "cityscapes", "coco"), "data.dataset", "digits, pascal, cityscapes or coco"),
+        (d.dataset in DATASETS, "data.dataset", "digits, pascal, cityscapes, coco or folder"),
+        (d.dataset != "folder" or (d.label_format == "voc" and not d.hidden_gt), "data.dataset",
+         "folder only with data.label_format=voc and data.hidden_gt=false (its unlabeled images have no mask)"),
         (d.label_format in ("voc", "cityscapes", "coco"), "data.label_format", "voc, cityscapes or coco"),
         (d.label_format != "coco" or d.num_classes == 81, "data.num_classes",
          "81 with data.label_format=coco (background + the 80 COCO things)"),
@@ -545,7 +554,8 @@ def _validate(cfg: DictConfig) -> None:
         (tr.eval_every >= 0, "train.eval_every", nonneg),
         (tr.seed >= 0, "train.seed", nonneg),
         (tr.threads >= 0, "train.threads", "0 (torch's default) or a positive number"),
-        (d.num_classes > 1, "data.num_classes", "at least 2"),
+        (d.num_classes > 1 or (d.dataset == "folder" and d.num_classes == 0), "data.num_classes",
+         "at least 2 (folder: 0, read from classes.txt)"),
         (d.num_classes <= 255, "data.num_classes", "at most 255 (255 is the ignore index)"),
         (d.crop_size > 0, "data.crop_size", pos),
         (d.num_workers >= 0, "data.num_workers", nonneg),

@@ -47,3 +47,7 @@ def test_notebook_06_headless(two_runs, tmp_path, digits_root):
     text = json.dumps(nb)
     assert "notebook embedding == s4kit.viz.latent.embed_snapshots" in text
     assert (tmp_path / "nb06" / "latent_space.png").exists()
+    # the kernel-free explorer (what the static book shows) is in the outputs with both runs' data
+    html = [o["data"]["text/html"] for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
+            if "text/html" in o.get("data", {}) and "s4kit-explorer" in "".join(o["data"]["text/html"])]
+    assert len(html) == 1 and "supervised (1_16)" in "".join(html[0]) and "reco (1_16)" in "".join(html[0])

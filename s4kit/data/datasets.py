@@ -147,6 +147,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
             ``hidden_gt``.
         label_format: ``voc``, ``cityscapes`` or ``coco`` (see ``read_mask``).
         cache: keep decoded arrays in memory.
+        entries: the ``(image, mask or None)`` list itself (the ``folder`` dataset, which has
+            no split file); ``split_file`` then only names the source in messages.
         resize: ``(height, width)`` every image and mask is resized to once when read (before
             any transform and before caching): images bicubic, masks nearest, so a mask keeps
             only ids it had. ReCo's Cityscapes protocol pre-resizes to (512, 1024)
@@ -164,10 +166,10 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: str | Path, split_file: str | Path, num_classes: int, transform=None,
                  labeled: bool = True, hidden_gt: bool = False, label_format: str = "voc", cache: bool = False,
-                 resize: tuple[int, int] | None = None):
+                 resize: tuple[int, int] | None = None, entries: list[tuple[str, str | None]] | None = None):
         self.root, self.split_file = Path(root), Path(split_file)
         self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
-        self.entries = read_split_file(split_file)
+        self.entries = read_split_file(split_file) if entries is None else list(entries)
         self.with_mask = labeled or hidden_gt
         check_files_exist(self.root, self.entries, split_file, need_masks=self.with_mask)
         self.num_classes, self.transform = num_classes, transform

@@ -92,16 +92,25 @@ def split_file(cfg, part: str) -> Path:
 def build_dataset(cfg, part: str, train: bool = True) -> SegmentationDataset:
     """``part`` in labeled | unlabeled | val; ``train`` picks the weak-view or eval transform.
 
+    ``data.dataset=folder`` takes the lists from the folder's layout (``folder.folder_entries``,
+    which checks every mask first) instead of split files.
+
     Unlabeled datasets keep their hidden ground truth only if ``data.hidden_gt``; ``data.resize``
     resizes every image and mask once when read (train and val alike).
     Raises ``SplitError`` / ``DataError`` (see ``SegmentationDataset``).
     """
     d = cfg.data
-    path = split_file(cfg, part)
+    entries = None
+    if d.get("dataset") == "folder":  # lists from the folder's layout (data/folder.py), masks checked here
+        from .folder import folder_entries
+
+        path, entries = Path(d.root), folder_entries(d.root, part, d.num_classes)
+    else:
+        path = split_file(cfg, part)
     return SegmentationDataset(
         d.root, path, d.num_classes, train_transform(cfg) if train else eval_transform(cfg),
         labeled=part != "unlabeled", hidden_gt=bool(d.hidden_gt), label_format=d.label_format, cache=bool(d.cache),
-        resize=None if d.resize is None else tuple(d.resize))
+        resize=None if d.resize is None else tuple(d.resize), entries=entries)
 
 
 def build_train_streams(cfg, start: int = 0, rank: int = 0, world: int = 1, need_unlabeled: bool = True,
@@ -127,7 +136,29 @@ def build_train_streams(cfg, start: int = 0, rank: int = 0, world: int = 1, need
 
 
 def n_images(cfg, part: str) -> int:
-    """Number of entries in the ``part`` list of the configured split."""
+    """Number of entries in the ``part`` list of the configured split (or folder dataset)."""
     from .splits import read_split_file
 
+    if cfg.data.get("dataset") == "folder":
+        from .folder import folder_entries
+
+        return len(folder_entries(cfg.data.root, part, cfg.data.num_classes, check=False))
     return len(read_split_file(split_file(cfg, part)))
+
+
+def class_names(cfg) -> list[str]:
+    """The K class names of ``cfg``'s dataset (``labels.CLASS_NAMES``; a folder dataset's
+    ``classes.txt`` when readable); ``"0" .. "K-1"`` when they are unknown or K differs."""
+    from ..labels import CLASS_NAMES
+
+    k = cfg.data.num_classes
+    names = list(CLASS_NAMES.get(cfg.data.dataset, ()))
+    if cfg.data.get("dataset") == "folder":
+        from .datasets import DataError
+        from .folder import read_classes
+
+        try:
+            names = read_classes(cfg.data.root)
+        except DataError:
+            names = []
+    return names if len(names) == k else [str(i) for i in range(k)]

@@ -17,13 +17,24 @@ from .. import dist
 from ..metrics import absent_classes, confusion_matrix, iou_from_confusion, miou, pixel_accuracy
 
 
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Start offsets of sliding windows along one axis of ``size`` pixels: every ``stride``
+    pixels, the last one moved back to touch the border; ``[0]`` when ``size <= window``."""
+    if size <= window:
+        return [0]
+    s = list(range(0, size - window + 1, stride))
+    if s[-1] != size - window:
+        s.append(size - window)
+    return s
+
+
 def sliding_window_logits(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int,
                           stride: int, num_classes: int) -> torch.Tensor:
     """Sum of softmax outputs over ``window`` x ``window`` crops (UniMatch ``sliding_window``).
 
     Windows start every ``stride`` pixels and the last one in each axis is moved back to
-    touch the border; an image smaller than the window is one window. Summing or averaging
-    the softmax gives the same argmax (substrate §8.2).
+    touch the border (``window_starts``); an image smaller than the window is one window.
+    Summing or averaging the softmax gives the same argmax (substrate §8.2).
 
     Args:
         predict: image (1, 3, h, w) -> logits (1, K, h, w).
@@ -31,20 +42,31 @@ def sliding_window_logits(predict: Callable[[torch.Tensor], torch.Tensor], image
     """
     _, _, H, W = image.shape
     out = torch.zeros(1, num_classes, H, W, device=image.device)
-
-    def starts(size: int) -> list[int]:
-        if size <= window:
-            return [0]
-        s = list(range(0, size - window + 1, stride))
-        if s[-1] != size - window:
-            s.append(size - window)
-        return s
-
-    for y in starts(H):
-        for x in starts(W):
+    for y in window_starts(H, window, stride):
+        for x in window_starts(W, window, stride):
             crop = image[:, :, y : y + window, x : x + window]
             out[:, :, y : y + crop.shape[2], x : x + crop.shape[3]] += predict(crop).float().softmax(1)
     return out
+
+
+def sliding_window_mean(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, window: int,
+                        stride: int, channels: int) -> torch.Tensor:
+    """Per-pixel mean of ``fn`` over the windows of ``sliding_window_logits`` (same starts).
+
+    Args:
+        fn: image (1, 3, h, w) -> float map (1, C, h, w) (e.g. PRCL's mean sigma^2, upsampled).
+        image: float (1, 3, H, W). Returns float32 (1, C, H, W): each pixel's average over the
+            windows covering it (every pixel is covered at least once).
+    """
+    _, _, H, W = image.shape
+    total = torch.zeros(1, channels, H, W, device=image.device)
+    count = torch.zeros(1, 1, H, W, device=image.device)
+    for y in window_starts(H, window, stride):
+        for x in window_starts(W, window, stride):
+            crop = image[:, :, y : y + window, x : x + window]
+            total[:, :, y : y + crop.shape[2], x : x + crop.shape[3]] += fn(crop).float()
+            count[:, :, y : y + crop.shape[2], x : x + crop.shape[3]] += 1
+    return total / count
 
 
 def random_crop(image: torch.Tensor, target: torch.Tensor, size: int, seed: int = 0):

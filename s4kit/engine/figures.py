@@ -1,10 +1,10 @@
 """The figures every run leaves in ``RUN_DIR/figures``.
 
-* ``predictions.png``: val images, ground truth, prediction, errors;
+* ``predictions.png``: val images, ground truth, prediction, errors, a class legend;
 * ``per_class_iou.png``: per-class IoU bars with the mIoU;
 * ``tsne.png``: openTSNE of val-pixel representations (the representation head where a
   loss trains it, else the decoder feature) coloured by true class, wrong
-  predictions ringed red, class prototypes as stars (the method's own prototypes where it
+  predictions ringed red, a class legend, class prototypes as stars (the method's own prototypes where it
   keeps some, else the class means of the val representations), placed by ``transform``;
 * ``losses.png`` and, with hidden ground truth, ``pseudo_labels.png`` from ``log.csv``, plus
   ``label_sources.png`` (precision and coverage per label source) when the method logs several (css).
@@ -66,7 +66,7 @@ def run_figures(cfg, method, device, run_dir: Path, result: dict, names: list[st
     method.train()
     images = [F.denormalize(s["image"].numpy(), cfg.data.mean, cfg.data.std) for s in samples]
     out.append(F.overlays(fig_dir / "predictions.png", images, [s["mask"].numpy() for s in samples], preds,
-                          cfg.data.dataset, cfg.data.num_classes, f"{title} | mIoU {result['miou']:.1f}"))
+                          cfg.data.dataset, cfg.data.num_classes, f"{title} | mIoU {result['miou']:.1f}", names))
     out.append(F.per_class_iou(fig_dir / "per_class_iou.png", names, result["per_class_iou"], title))
     out.append(tsne_figure(cfg, method, device, fig_dir / "tsne.png", names, f"t-SNE of val representations\n{title}"))
     rows = read_log(Path(run_dir) / "log.csv")

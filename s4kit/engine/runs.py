@@ -9,14 +9,45 @@ from ..io import atomic_path, atomic_write_text, json_dumps
 from .trainer import _evaluate, build_checked, load_checkpoint, load_method_state, resolve_device
 
 
-def _run_files(run_dir: str | Path) -> tuple[Path, Path]:
+CHECKPOINTS = ("last", "best")
+
+
+def _run_files(run_dir: str | Path, checkpoint: str = "last") -> tuple[Path, Path]:
+    """``(config.yaml, checkpoint file)`` of a run folder.
+
+    ``checkpoint``: ``last`` (``checkpoints/last.pt``) or ``best``: ``checkpoints/best.pt`` where
+    the folder has one, else ``last.pt`` when ``metrics.json`` says the last iteration was the
+    best (``best_iter == iters``: always so for a run evaluated only at its end). The trainer
+    itself writes only ``last.pt``.
+
+    Raises ``ConfigError`` (one line, naming the path): no such folder, no ``config.yaml``, no
+    checkpoint, or no best checkpoint.
+    """
     run_dir = Path(run_dir)
+    if checkpoint not in CHECKPOINTS:
+        raise ConfigError(f"checkpoint {checkpoint!r}: expected last or best")
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: not a run folder (no such folder)")
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir}: not a run folder (no config.yaml)")
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if not ckpt.is_file():
-        raise ConfigError(f"{ckpt}: no checkpoint to evaluate")
-    return run_dir / "config.yaml", ckpt
+    last = run_dir / "checkpoints" / "last.pt"
+    if checkpoint == "best":
+        best = run_dir / "checkpoints" / "best.pt"
+        if best.is_file():
+            return run_dir / "config.yaml", best
+        import json
+
+        try:
+            m = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+            last_is_best = m.get("iters") is not None and m.get("best_iter") == m.get("iters")
+        except (OSError, ValueError, AttributeError):
+            last_is_best = False
+        if not last_is_best:
+            raise ConfigError(f"{best}: no best checkpoint (s4kit keeps checkpoints/last.pt, and metrics.json does "
+                              "not say the last iteration was the best); use the last one")
+    if not last.is_file():
+        raise ConfigError(f"{last}: no checkpoint to evaluate")
+    return run_dir / "config.yaml", last
 
 
 def load_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None):
@@ -26,8 +57,10 @@ def load_run(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), d
     return cfg, method
 
 
-def load_run_step(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None):
-    """``(cfg, method, step)`` of a run folder, the method's weights from ``checkpoints/last.pt``.
+def load_run_step(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = (), device: str | None = None,
+                  checkpoint: str = "last"):
+    """``(cfg, method, step)`` of a run folder, the method's weights from ``checkpoints/last.pt``
+    (``checkpoint="best"``: see ``_run_files``), in eval mode on ``device`` (default ``cfg.device``).
 
     ``overrides`` change the saved config (``data.root=...``, ``eval.mode=sliding``). The
     checkpoint is read once, with ``weights_only=True`` (see ``trainer.load_checkpoint``).
@@ -36,7 +69,7 @@ def load_run_step(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
         ConfigError: the folder has no ``config.yaml`` or no checkpoint, or an override is invalid.
         CheckpointError: the checkpoint is corrupt, unsafe, or does not fit the config's method.
     """
-    config, ckpt = _run_files(run_dir)
+    config, ckpt = _run_files(run_dir, checkpoint)
     cfg = load_config(config, list(overrides))
     dev = resolve_device(device or cfg.device)
     method = build_checked(cfg, pretrained=False).to(dev)  # last.pt replaces every encoder weight

@@ -493,9 +493,13 @@ def train(cfg, progress: bool = True) -> dict:
             a ``train.global_batch`` that processes x ``train.batch_labeled`` does not divide.
         RunFolderBusy: another process trains into the same ``run.dir``.
         CheckpointError: a corrupt, unsafe or mismatching ``last.pt``.
+        DataError: a folder dataset without ``classes.txt`` (``data.folder.require_classes``).
         NonFiniteLossError: a loss or, at a checkpoint, a weight became NaN/inf (the message
             names the last healthy checkpoint).
     """
+    from ..data.folder import require_classes
+
+    require_classes(cfg)  # a folder dataset whose classes.txt was missing when the config was read
     device = resolve_device(cfg.device)
     setup_distributed(device)
     rank = dist.rank()
@@ -769,14 +773,12 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
             checkpoints included); the stages above are added, and the whole dict is written
             into ``metrics.json`` as ``timing`` (seconds, floats >= 0).
     """
-    from ..data.datasets import CLASS_NAMES
+    from ..data.loaders import class_names
 
     timing = dict(timing or {})
     with stage("final evaluation", timing, progress):
         result = _evaluate(cfg, method, device, progress)
-    names = list(CLASS_NAMES.get(cfg.data.dataset, [str(k) for k in range(cfg.data.num_classes)]))
-    if len(names) != cfg.data.num_classes:
-        names = [str(k) for k in range(cfg.data.num_classes)]
+    names = class_names(cfg)
     metrics = {
         "method": cfg.method.name, "dataset": cfg.data.dataset, "split": cfg.data.split,
         # the network, when not the default DeepLabV3+: the results table keeps "supervised

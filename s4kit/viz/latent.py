@@ -82,8 +82,11 @@ def sigma_sizes(snapshot: dict) -> np.ndarray | None:
 
 
 def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str = "") -> Path:
-    """One panel per snapshot in a single embedding (``embed_snapshots``)."""
-    from .figures import save_figure, scatter_with_prototypes, use_headless_backend
+    """One panel per snapshot in a single embedding (``embed_snapshots``), titled by its training
+    iteration; right of the panels a legend of the true classes in ``labels`` (int (N,)) named
+    by ``names`` and a key of the marks (prototype star, wrong-prediction ring, sigma^2 size)."""
+    from .figures import add_scatter_legends, marker_key_handles, save_figure, scatter_with_prototypes
+    from .figures import use_headless_backend
 
     use_headless_backend()
     import matplotlib.pyplot as plt
@@ -99,13 +102,20 @@ def evolution_figure(path, embedded, labels, snaps, names, dataset, title: str =
         ax.set_title(f"iteration {it}", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    last = snaps[-1][1]
+    add_scatter_legends(fig, names, dataset, np.unique(labels),
+                        key=marker_key_handles(any(np.isfinite(p).any() for _, _, p in embedded),
+                                               any(bool((s["pred"] != labels).any()) for _, s in snaps),
+                                               sigma_sizes(last) is not None))
     return save_figure(fig, path, dpi=100)
 
 
 def comparison_figure(path, panels: list[dict], names, dataset) -> Path:
-    """Final embeddings side by side: each panel dict has ``title``, ``points``, ``prototypes``,
-    ``labels``, ``pred`` and optional ``sizes``."""
-    from .figures import save_figure, scatter_with_prototypes, use_headless_backend
+    """Final embeddings side by side: each panel dict has ``title``, ``points`` (N, 2),
+    ``prototypes`` (K, 2), ``labels`` (N,), ``pred`` (N,) and optional ``sizes`` (N,); right of
+    the panels a legend of the true classes of all panels and a key of the marks."""
+    from .figures import add_scatter_legends, marker_key_handles, save_figure, scatter_with_prototypes
+    from .figures import use_headless_backend
 
     use_headless_backend()
     import matplotlib.pyplot as plt
@@ -123,4 +133,10 @@ def comparison_figure(path, panels: list[dict], names, dataset) -> Path:
     fig.suptitle("final val-pixel representations (t-SNE); stars: prototypes; red rings: wrong predictions",
                  fontsize=9)
     fig.tight_layout()
+    if panels:
+        classes = np.unique(np.concatenate([np.asarray(p["labels"]) for p in panels]))
+        add_scatter_legends(fig, names, dataset, classes,
+                            key=marker_key_handles(any(np.isfinite(p["prototypes"]).any() for p in panels),
+                                                   any(bool((p["pred"] != p["labels"]).any()) for p in panels),
+                                                   any(p.get("sizes") is not None for p in panels)))
     return save_figure(fig, path, dpi=100)

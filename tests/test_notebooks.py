@@ -1,5 +1,6 @@
 """Notebooks run headlessly under papermill with FAST settings; they are stored without outputs."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -22,11 +23,18 @@ def test_notebooks_are_stored_without_outputs_and_have_parameters(path):
     assert any("s4kit.__version__" in "".join(c["source"]) for c in code)
 
 
-def test_reproduce_notebook_through_the_cli_function(digits_root, tmp_path):
+def test_reproduce_notebook_through_the_cli_function(digits_root, tmp_path, capsys):
     run = tmp_path / "run"
     out = reproduce("reco", "digits", "1_16", 0, {"FAST": "true", "DATA_ROOT": str(digits_root), "DEVICE": "cpu"},
                     run)
     assert out == run / "reproduce.ipynb" and out.exists()
+    # streamed while it ran: the notebook's path first, papermill's cell bar, the cells' output
+    # (the training bar as text, not a widget, and the stage lines)
+    captured = capsys.readouterr()
+    err = captured.err.replace("\r", "\n")
+    assert err.startswith(f"executing {NOTEBOOKS / 'reproduce.ipynb'} into {out}\n")
+    assert "Executing" in err and re.search(r"(?m)^reco: +100%", err) and re.search(r"(?m)^figures \.\.\. ", err)
+    assert "miou" in captured.out
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["method"] == "reco" and metrics["iters"] == 12
     assert (run / "figures" / "tsne.png").exists()
@@ -55,3 +63,32 @@ def test_library_figures_keep_a_notebooks_inline_backend(monkeypatch):
     monkeypatch.delitem(sys.modules, "ipykernel")
     use_headless_backend()
     assert calls == [("Agg",)]
+
+
+def test_reproduce_streams_the_notebook_unless_told_not_to(digits_root, tmp_path, monkeypatch, capsys):
+    """What ``s4kit reproduce`` passes papermill (no notebook runs here)."""
+    import os
+    import sys
+
+    import papermill
+
+    from s4kit.engine.stages import TEXT_BARS
+
+    calls = []
+
+    def execute_notebook(src, target, **kwargs):
+        calls.append({**kwargs, "env": os.environ.get(TEXT_BARS), "err_before": capsys.readouterr().err,
+                      "stdout": sys.stdout, "stderr": sys.stderr})
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    monkeypatch.delenv(TEXT_BARS, raising=False)
+    params = {"FAST": "true", "DATA_ROOT": str(digits_root), "DEVICE": "cpu"}
+    out = reproduce("supervised", "digits", "1_16", 0, params, tmp_path / "a")
+    c = calls[-1]
+    assert c["progress_bar"] is True and c["stdout_file"] is c["stdout"] and c["stderr_file"] is c["stderr"]
+    assert c["env"] == "1" and TEXT_BARS not in os.environ  # text bars in the kernel only
+    assert c["err_before"] == f"executing {NOTEBOOKS / 'reproduce.ipynb'} into {out}\n"
+    reproduce("supervised", "digits", "1_16", 0, params, tmp_path / "b", progress=False)
+    c = calls[-1]
+    assert c["progress_bar"] is False and c["stdout_file"] is None and c["stderr_file"] is None
+    assert c["env"] is None and c["err_before"] == "" and capsys.readouterr() == ("", "")

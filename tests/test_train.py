@@ -1,5 +1,6 @@
 """The trainer end to end on the small digits set: run folder, resume, non-finite losses."""
 import json
+import re
 
 import pytest
 import torch
@@ -15,9 +16,20 @@ METRIC_KEYS = {"method", "dataset", "split", "n_labeled", "seed", "iters", "miou
                "batch_unlabeled", "s4kit_version", "git_sha"}
 
 
-def test_run_folder_contents(digits_root, tmp_path):
+MEANTEACHER_STAGES = ["training", "final evaluation", "pseudo-label measurement", "latent measures", "figures"]
+
+
+def test_run_folder_contents(digits_root, tmp_path, capsys):
     run = tmp_path / "run"
-    metrics = train(load_config("digits/meanteacher", tiny_overrides(digits_root, run)), progress=False)
+    metrics = train(load_config("digits/meanteacher", tiny_overrides(digits_root, run)), progress=True)
+    # every stage says once, on stderr, how long it took; metrics.json keeps the seconds
+    err = capsys.readouterr().err
+    for name in MEANTEACHER_STAGES:
+        assert len(re.findall(rf"(?m)^{name} \.\.\. \d+\.\d s$", err.replace("\r", "\n"))) == 1, name
+    assert "method measures" not in err  # mean teacher has no measures of its own
+    timing = json.loads((run / "metrics.json").read_text())["timing"]
+    assert list(timing) == MEANTEACHER_STAGES and all(isinstance(v, float) and v >= 0 for v in timing.values())
+    assert timing["training"] >= metrics["train_seconds"] - 0.01  # the loop holds the training time
     assert METRIC_KEYS | {"pseudo_label_precision", "pseudo_label_coverage"} <= set(metrics)
     assert json.loads((run / "metrics.json").read_text())["miou"] == pytest.approx(metrics["miou"])
     assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.pt").exists()
@@ -71,9 +83,12 @@ def test_killed_and_resumed_run_ends_with_identical_metrics(digits_root, tmp_pat
     assert strip(read_log(tmp_path / "full" / "log.csv")) == strip(read_log(part / "log.csv"))
 
 
-def test_resume_refuses_a_different_config(digits_root, tmp_path):
+def test_resume_refuses_a_different_config(digits_root, tmp_path, capsys):
     run = tmp_path / "run"
     train(load_config("digits/supervised", tiny_overrides(digits_root, run, iters=2)), progress=False)
+    assert capsys.readouterr() == ("", "")  # progress=False: no bar, no stage line
+    assert set(json.loads((run / "metrics.json").read_text())["timing"]) == {
+        "training", "final evaluation", "latent measures", "figures"}
     with pytest.raises(ConfigError, match="different config.*optim.lr"):
         train(load_config("digits/supervised", tiny_overrides(digits_root, run, iters=2) + ["optim.lr=0.1"]),
               progress=False)

@@ -98,6 +98,15 @@ def _batches(dataset, indices, batch_size: int):
         yield batch
 
 
+def image_bar(total: int, desc: str, progress: bool):
+    """A tqdm bar over ``total`` images (``update(n)`` per batch) that disappears when closed
+    (``leave=False``: the stage line of ``stages.stage`` replaces it); silent unless ``progress``."""
+    from .stages import progress_bar
+
+    return progress_bar()(total=total, desc=desc, unit="img", disable=not progress, leave=False, mininterval=1.0,
+                dynamic_ncols=True)
+
+
 @torch.no_grad()
 def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_classes: int, device,
              mode: str = "full", window: int = 0, stride: int = 0, batch_size: int = 16, max_images: int = 0,
@@ -111,6 +120,7 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_class
             ``window`` x ``window`` crop per image, seeded by the image index, padded with 0
             (image) and 255 (mask) where the image is smaller).
         max_images: evaluate only the first N images (0: all).
+        progress: a bar over this rank's images (``image_bar``).
 
     Returns ``{"miou", "pixel_acc", "per_class_iou" (list, percent), "confusion" (K, K)}``.
     Warns if some class is absent from both ground truth and prediction (its IoU is 0).
@@ -119,10 +129,9 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_class
     indices = range(dist.rank(), n, dist.world_size())
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     stride = stride or max(1, (2 * window) // 3)
-    from tqdm.auto import tqdm
-
-    for batch in tqdm(list(_batches(dataset, indices, 1 if mode in ("sliding", "crop") else batch_size)),
-                      desc="eval", disable=not progress, leave=False):
+    bar = image_bar(len(indices), "eval", progress)
+    for batch in _batches(dataset, indices, 1 if mode in ("sliding", "crop") else batch_size):
+        bar.update(len(batch))
         image = torch.stack([s["image"] for s in batch]).to(device)
         target = torch.stack([s["mask"] for s in batch])
         if mode == "crop":
@@ -132,6 +141,7 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_class
         else:
             pred = predict(image).argmax(1)
         cm += confusion_matrix(pred.cpu(), target, num_classes)
+    bar.close()
     cm = dist.all_reduce_sum(cm.to(device)).cpu()
     absent = absent_classes(cm)
     if absent:
@@ -144,20 +154,24 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_class
 
 @torch.no_grad()
 def pseudo_label_metrics(pseudo_label: Callable, dataset, device, threshold: float, batch_size: int = 32,
-                         max_images: int = 0) -> dict:
+                         max_images: int = 0, progress: bool = False) -> dict:
     """Precision and coverage of pseudo-labels on unlabeled images with hidden ground truth.
 
     Args:
         pseudo_label: image (B, 3, H, W) -> (labels int64 (B, H, W), confidence (B, H, W)).
         dataset: unlabeled samples carrying ``hidden_mask``.
         threshold: the method's confidence threshold.
+        progress: a bar over this rank's images (``image_bar``).
 
     Returns ``{"pseudo_label_precision", "pseudo_label_coverage", "pseudo_label_accuracy"}``
     in percent (precision NaN if no pixel is confident), summed over ranks.
     """
     n = len(dataset) if not max_images else min(max_images, len(dataset))
     counts = torch.zeros(4, dtype=torch.float64)  # valid, confident, correct&confident, correct
-    for batch in _batches(dataset, range(dist.rank(), n, dist.world_size()), batch_size):
+    indices = range(dist.rank(), n, dist.world_size())
+    bar = image_bar(len(indices), "pseudo-labels", progress)
+    for batch in _batches(dataset, indices, batch_size):
+        bar.update(len(batch))
         image = torch.stack([s["image"] for s in batch]).to(device)
         hidden = torch.stack([s["hidden_mask"] for s in batch]).to(device)
         labels, conf = pseudo_label(image)
@@ -166,6 +180,7 @@ def pseudo_label_metrics(pseudo_label: Callable, dataset, device, threshold: flo
         correct = labels == hidden
         counts += torch.tensor([valid.sum().item(), confident.sum().item(), (correct & confident).sum().item(),
                                 (correct & valid).sum().item()], dtype=torch.float64)
+    bar.close()
     counts = dist.all_reduce_sum(counts.to(device)).cpu()
     valid, confident, cc, c = counts.tolist()
     return {"pseudo_label_precision": 100 * cc / confident if confident else math.nan,

@@ -1,20 +1,34 @@
 """``s4kit reproduce``: execute ``notebooks/reproduce.ipynb`` with papermill into the run folder."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from ..config import ConfigError
+from .stages import TEXT_BARS
 
-NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository, when s4kit runs from one
+NOTEBOOK_DIR = CHECKOUT / "notebooks"
 PARAMETERS = {"FAST", "MAX_ITERS", "DEVICE", "DATA_ROOT", "OVERRIDES"}
 
 
 def notebook_path(name: str) -> Path:
-    """A notebook of the checkout; ``ConfigError`` if s4kit is not installed from a checkout."""
-    path = NOTEBOOK_DIR / name
-    if not path.is_file():
-        raise ConfigError(f"{path}: notebook not found; install s4kit from its repository (pip install -e .)")
-    return path
+    """The notebook ``name`` (``reproduce.ipynb``): the checkout's ``notebooks/`` when s4kit runs
+    from its repository (a ``pyproject.toml`` beside it), else the copy a wheel installs as
+    package data (``s4kit/notebooks``, see pyproject.toml).
+
+    Raises ``ConfigError`` naming both places when neither holds it.
+    """
+    if (CHECKOUT / "pyproject.toml").is_file() and (NOTEBOOK_DIR / name).is_file():
+        return NOTEBOOK_DIR / name
+    from importlib.resources import files
+
+    installed = files("s4kit") / "notebooks" / name
+    if installed.is_file():
+        return Path(str(installed))
+    raise ConfigError(f"{name}: notebook not found in {NOTEBOOK_DIR} nor in {installed}; reinstall s4kit "
+                      "(pip install s4kit from its repository)")
 
 
 def _typed(value: str):
@@ -85,8 +99,15 @@ def check_request(method: str, dataset: str, split: str, seed: int, params: dict
 
 
 def reproduce(method: str, dataset: str, split: str, seed: int = 0, params: dict | None = None,
-              out: str | Path | None = None, progress: bool = False) -> Path:
+              out: str | Path | None = None, progress: bool = True) -> Path:
     """Run the reproduction notebook headlessly; returns the executed notebook's path.
+
+    With ``progress`` (the default: ``s4kit reproduce``) it shows as it goes, on this
+    process's stdout/stderr: the executed notebook's path first, papermill's bar over the
+    cells, and what the cells print (the config, the training bar as text, the stage lines,
+    the metrics); papermill's ``stdout_file`` / ``stderr_file`` stream the cells' output as it
+    comes (its ``log_output`` would send it through ``logging``, which shows nothing unless
+    configured). ``progress=False`` prints nothing.
 
     Args:
         params: extra notebook parameters by name (``FAST``, ``MAX_ITERS``, ``DEVICE``,
@@ -120,10 +141,22 @@ def reproduce(method: str, dataset: str, split: str, seed: int = 0, params: dict
     parameters = {"METHOD": method, "DATASET": dataset, "SPLIT": str(split), "SEED": int(seed),
                   "RUN_DIR": str(run_dir), **params}
     target = run_dir / "reproduce.ipynb"
+    if progress:
+        print(f"executing {notebook} into {target}", file=sys.stderr, flush=True)
+    saved = os.environ.get(TEXT_BARS)
+    if progress:
+        os.environ[TEXT_BARS] = "1"  # the kernel inherits it: text bars reach stderr_file
     try:
         papermill.execute_notebook(str(notebook), str(target), parameters=parameters, progress_bar=progress,
+                                   stdout_file=sys.stdout if progress else None,
+                                   stderr_file=sys.stderr if progress else None,
                                    cwd=str(Path.cwd()), kernel_name="python3")
     except PapermillExecutionError as exc:
         evalue = (str(exc.evalue).strip().splitlines() or [""])[0]
         raise S4kitError(f"{target}: cell {exc.exec_count} raised {exc.ename}: {evalue}") from None
+    finally:
+        if saved is None:
+            os.environ.pop(TEXT_BARS, None)
+        else:
+            os.environ[TEXT_BARS] = saved
     return target

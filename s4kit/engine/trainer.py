@@ -3,7 +3,9 @@
 ``train(cfg)`` runs ``cfg.train.iters`` iterations of ``method.train_step`` and leaves a
 run folder (DESIGN.md "Commands and the run folder")::
 
-    config.yaml  metrics.json  log.csv  checkpoints/last.pt  figures/*.png
+    config.yaml  metrics.json  log.csv  tb/  checkpoints/last.pt  figures/*.png
+
+(``tb/``: the rows of ``log.csv`` as TensorBoard scalars, ``tensorboard --logdir runs``.)
 
 Running it again with the same ``run.dir`` resumes from ``checkpoints/last.pt``: model,
 teacher, optimiser, RNG states and the log are restored and the data streams restart at
@@ -40,6 +42,7 @@ from ..methods import build_method
 from .evaluate import evaluate, pseudo_label_metrics
 from .logger import CSVLog
 from .snapshots import Snapshotter
+from .stages import progress_bar, stage
 
 
 class NonFiniteLossError(S4kitError, FloatingPointError):
@@ -637,50 +640,56 @@ def _train(cfg, method, device: torch.device, show_progress: bool) -> dict:
     extras = method.extra_parameters()  # gradients averaged after backward (see wrap_distributed)
     optimizer = build_optimizer(cfg, checked_param_groups(method))
     run = resume(method, optimizer, state, ckpt_path)
-    log = CSVLog(run_dir / "log.csv", keep_until=run.start, enabled=rank == 0)
+    log = CSVLog(run_dir / "log.csv", keep_until=run.start, enabled=rank == 0, tensorboard=run_dir / "tb")
 
     accum = accumulation_steps(cfg.train.global_batch, cfg.train.batch_labeled, world)
     labeled_it, unlabeled_it = build_train_streams(cfg, run.start, rank, world, need_unlabeled=method.uses_unlabeled,
                                                    accum=accum)
     amp = device.type == "cuda" and cfg.train.amp
     o, T = cfg.optim, cfg.train.iters
-    from tqdm.auto import tqdm
-
+    tqdm = progress_bar()
     snap = Snapshotter(cfg, method, device, run_dir, lambda: build_dataset(cfg, "val", train=False)) \
         if rank == 0 and cfg.viz.snapshots else None
     if snap is not None and state is not None:
         snap.seconds = state.get("snapshot_seconds", 0.0)
+    talk = show_progress and rank == 0
+    timing: dict[str, float] = {}  # seconds per stage of this invocation (metrics.json "timing")
     bar = tqdm(range(run.start, T), initial=run.start, total=T, desc=f"{cfg.method.name}",
-               disable=not (show_progress and rank == 0), mininterval=2.0, dynamic_ncols=True)
+               disable=not talk, mininterval=2.0, dynamic_ncols=True)
     run.tick = time.time()
     method.train()
-    for t in bar:
-        lr = poly_lr(o.lr, t, T, o.power, o.min_lr, o.warmup_iters)
-        for g in optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_mult", 1.0)
-        # accum micro-batches per optimiser step (train.global_batch); everything else once per step
-        labeled = [_to_device(next(labeled_it), device, channels_last) for _ in range(accum)]
-        unlabeled = [_to_device(next(unlabeled_it), device, channels_last) if unlabeled_it is not None else None
-                     for _ in range(accum)]
-        if accum == 1:
-            labeled, unlabeled = labeled[0], unlabeled[0]
-        out, total = training_step(method, optimizer, labeled, unlabeled, t, o.grad_clip, amp, extras,
-                                   where=f" in run {run_dir} ({_healthy(ckpt_path, run.saved_step)})")
-        for k, v in out.items():
-            run.window.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
-        run.window.setdefault("loss", []).append(float(total.detach()))
-        step = t + 1
-        if snap is not None:
-            snap(step)
-        if step % cfg.train.log_every == 0 or step == T:
-            row = log_row(cfg, method, device, run, step, lr)
-            log.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
-        if step % cfg.train.checkpoint_every == 0 or step == T:
-            checkpoint(method, optimizer, run, step, ckpt_path, snap.seconds if snap is not None else 0.0)
-    bar.close()
+    try:  # the log (and its TensorBoard writer) is closed also when an iteration raises
+        with stage("training", timing, talk):
+            for t in bar:
+                lr = poly_lr(o.lr, t, T, o.power, o.min_lr, o.warmup_iters)
+                for g in optimizer.param_groups:
+                    g["lr"] = lr * g.get("lr_mult", 1.0)
+                # accum micro-batches per optimiser step (train.global_batch); everything else once per step
+                labeled = [_to_device(next(labeled_it), device, channels_last) for _ in range(accum)]
+                unlabeled = [_to_device(next(unlabeled_it), device, channels_last) if unlabeled_it is not None
+                             else None for _ in range(accum)]
+                if accum == 1:
+                    labeled, unlabeled = labeled[0], unlabeled[0]
+                out, total = training_step(method, optimizer, labeled, unlabeled, t, o.grad_clip, amp, extras,
+                                           where=f" in run {run_dir} ({_healthy(ckpt_path, run.saved_step)})")
+                for k, v in out.items():
+                    run.window.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor)
+                                                        else float(v))
+                run.window.setdefault("loss", []).append(float(total.detach()))
+                step = t + 1
+                if snap is not None:
+                    snap(step)
+                if step % cfg.train.log_every == 0 or step == T:
+                    row = log_row(cfg, method, device, run, step, lr)
+                    log.append(row)
+                    bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
+                if step % cfg.train.checkpoint_every == 0 or step == T:
+                    checkpoint(method, optimizer, run, step, ckpt_path, snap.seconds if snap is not None else 0.0)
+    finally:
+        bar.close()
+        log.close()
     return finalize(cfg, method, device, run_dir, run.best, run.train_seconds,
-                    snap.seconds if snap is not None else 0.0)
+                    snap.seconds if snap is not None else 0.0, progress=talk, timing=timing)
 
 
 def _healthy(ckpt_path: Path, step: int | None) -> str:
@@ -696,8 +705,9 @@ def _images_per_iter(cfg, method) -> int:
     return per_pass * world * accumulation_steps(cfg.train.global_batch, cfg.train.batch_labeled, world)
 
 
-def _evaluate(cfg, method, device) -> dict:
-    """mIoU of the method's evaluation model on ``cfg``'s val set (every rank takes a share).
+def _evaluate(cfg, method, device, progress: bool = False) -> dict:
+    """mIoU of the method's evaluation model on ``cfg``'s val set (every rank takes a share;
+    ``progress``: a bar over the images).
 
     Rank-local buffers (BatchNorm statistics of the student and teacher) are first copied
     from rank 0, so the ranks evaluate one model, the one rank 0 saves in ``last.pt``.
@@ -708,27 +718,32 @@ def _evaluate(cfg, method, device) -> dict:
     method.eval()
     try:
         return evaluate(method.predict, val, cfg.data.num_classes, device, e.mode, e.window or cfg.data.crop_size,
-                        e.stride, e.batch_size, e.max_images)
+                        e.stride, e.batch_size, e.max_images, progress=progress)
     finally:
         method.train()
 
 
 class UnlabeledBatches:
-    """Re-iterable eval batches of the unlabeled images (this rank's share), on ``device``."""
+    """Re-iterable eval batches of the unlabeled images (this rank's share), on ``device``;
+    ``progress``: a bar over the images of each pass."""
 
-    def __init__(self, dataset, device, batch_size: int, max_images: int = 0):
-        self.dataset, self.device, self.batch_size = dataset, device, batch_size
+    def __init__(self, dataset, device, batch_size: int, max_images: int = 0, progress: bool = False):
+        self.dataset, self.device, self.batch_size, self.progress = dataset, device, batch_size, progress
         self.n = len(dataset) if not max_images else min(max_images, len(dataset))
 
     def __iter__(self):
-        from .evaluate import _batches
+        from .evaluate import _batches, image_bar
 
-        for batch in _batches(self.dataset, range(dist.rank(), self.n, dist.world_size()), self.batch_size):
+        indices = range(dist.rank(), self.n, dist.world_size())
+        bar = image_bar(len(indices), "unlabeled", self.progress)
+        for batch in _batches(self.dataset, indices, self.batch_size):
+            bar.update(len(batch))
             out = {"image": torch.stack([s["image"] for s in batch]).to(self.device),
                    "id": [s["id"] for s in batch]}
             if "hidden_mask" in batch[0]:
                 out["hidden_mask"] = torch.stack([s["hidden_mask"] for s in batch]).to(self.device)
             yield out
+        bar.close()
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -741,13 +756,28 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: float,
-             snapshot_seconds: float = 0.0) -> dict:
+             snapshot_seconds: float = 0.0, progress: bool = False, timing: dict | None = None) -> dict:
     """Final evaluation, pseudo-label metrics, figures and ``metrics.json``.
 
-    ``snapshot_seconds``: the part of ``train_seconds`` spent on latent-space snapshots."""
+    Each part is a stage (``stages.stage``): with ``progress`` (rank 0) it prints one line
+    ``<stage> ... <seconds> s`` to stderr when done, and the loops over images show a bar.
+    The stages, those that apply to the run: ``final evaluation``, ``pseudo-label
+    measurement`` (unlabeled images with hidden ground truth), ``method measures`` (a method's
+    own ``final_metrics``: PRCL's sigma^2 AUROC, CSS's per-source pseudo-labels), ``latent
+    measures`` (the last t-SNE snapshot's silhouette and k-NN accuracy) and ``figures``.
+
+    Args:
+        snapshot_seconds: the part of ``train_seconds`` spent on latent-space snapshots.
+        timing: seconds per stage measured so far (``_train`` passes ``training``, the wall
+            clock of this invocation's training loop, periodic evaluations, snapshots and
+            checkpoints included); the stages above are added, and the whole dict is written
+            into ``metrics.json`` as ``timing`` (seconds, floats >= 0).
+    """
     from ..data.loaders import class_names
 
-    result = _evaluate(cfg, method, device)
+    timing = dict(timing or {})
+    with stage("final evaluation", timing, progress):
+        result = _evaluate(cfg, method, device, progress)
     names = class_names(cfg)
     metrics = {
         "method": cfg.method.name, "dataset": cfg.data.dataset, "split": cfg.data.split,
@@ -769,23 +799,32 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
     unlabeled_batches = None
     if method.uses_unlabeled:
         unl = build_dataset(cfg, "unlabeled", train=False)
-        unlabeled_batches = UnlabeledBatches(unl, device, cfg.eval.batch_size, cfg.eval.pl_max_images)
+        unlabeled_batches = UnlabeledBatches(unl, device, cfg.eval.batch_size, cfg.eval.pl_max_images, progress)
         if cfg.data.hidden_gt:
+            with stage("pseudo-label measurement", timing, progress):
+                method.eval()
+                metrics.update(pseudo_label_metrics(method.pseudo_labels, unl, device,
+                                                    method.opts.confidence_threshold, cfg.eval.batch_size,
+                                                    cfg.eval.pl_max_images, progress))
+                method.train()
+    from ..methods.base import Method
+
+    if type(method).final_metrics is not Method.final_metrics:  # the base class measures nothing
+        with stage("method measures", timing, progress):
             method.eval()
-            metrics.update(pseudo_label_metrics(method.pseudo_labels, unl, device, method.opts.confidence_threshold,
-                                                cfg.eval.batch_size, cfg.eval.pl_max_images))
+            metrics.update(method.final_metrics(unlabeled_batches))
             method.train()
-    method.eval()
-    metrics.update(method.final_metrics(unlabeled_batches))
-    method.train()
     if dist.rank() == 0 and cfg.viz.snapshots:
         from .latent import final_measures
 
-        metrics.update(final_measures(run_dir, seed=cfg.train.seed))
+        with stage("latent measures", timing, progress):
+            metrics.update(final_measures(run_dir, seed=cfg.train.seed))
     if dist.rank() == 0:
         if cfg.viz.enabled:
             from .figures import run_figures
 
-            run_figures(cfg, method, device, run_dir, result, names)
+            with stage("figures", timing, progress):
+                run_figures(cfg, method, device, run_dir, result, names)
+        metrics["timing"] = timing
         atomic_write_text(run_dir / "metrics.json", json_dumps(metrics))
     return metrics

@@ -81,7 +81,7 @@ def test_notebook_03_headless(tmp_path, digits_root):
     assert len(list((tmp_path / "nb03").glob("*/metrics.json"))) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.teaching
 def test_notebook_03_default_parameters(tmp_path):
     """The full settings (FAST false, the defaults): only the data and run folders are redirected."""
     nb = run_notebook(NAME, tmp_path, DATA_ROOT=str(tmp_path / "digits"), RUN_DIR=str(tmp_path / "nb03"))

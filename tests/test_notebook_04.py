@@ -86,7 +86,7 @@ def test_region_loss_notebook_without_solutions_and_rerun(digits_root, tmp_path)
     assert lines(first) == lines(second) and len(lines(first)) >= 10
 
 
-@pytest.mark.slow
+@pytest.mark.teaching
 def test_region_loss_notebook_at_default_settings(tmp_path):
     """The notebook at its default parameters (ITERS, ORACLE="auto"); only the data and run folders
     are temporary. About 3-5 minutes on 2 idle cores (a 200-iteration rc2l run)."""

@@ -75,7 +75,7 @@ def test_notebook_02_headless(tmp_path, digits_root):
     assert text2.count("not done yet") == 2
     for check in CHECKS:
         assert check in text2, check
-    pattern = re.compile(r"^(hard anchors|hard at delta_s|cut |the spaces agree|lambda_c from).*$", re.M)
+    pattern = re.compile(r"^(hard anchors|hard at delta_s|cut |the spaces agree|contrast_weight ).*$", re.M)
     assert pattern.findall(text) and pattern.findall(text) == pattern.findall(text2)
 
 

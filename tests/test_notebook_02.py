@@ -79,7 +79,7 @@ def test_notebook_02_headless(tmp_path, digits_root):
     assert pattern.findall(text) and pattern.findall(text) == pattern.findall(text2)
 
 
-@pytest.mark.slow
+@pytest.mark.teaching
 def test_notebook_02_default_parameters(tmp_path):
     """The defaults (FAST false, the notebook's ITERS): must run end to end (<= 5 min on 2 idle cores)."""
     nb = run_notebook(NAME, tmp_path, DATA_ROOT=str(tmp_path / "digits"), RUN_DIR=str(tmp_path / "runs"))

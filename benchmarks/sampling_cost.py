@@ -78,7 +78,7 @@ def call_fn(loss: str, sampling: str, x: dict, args):
         value.backward()
         if rep.device.type == "cuda":
             torch.cuda.synchronize(rep.device)
-        return float(value)
+        return float(value.detach())
 
     return run
 

@@ -48,6 +48,7 @@ table: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/step_cost.py
+	$(BIN)/python benchmarks/sampling_cost.py --repeats 3
 	$(BIN)/python benchmarks/tsne_cost.py
 
 # Named mutations of s4kit, one at a time in a temporary copy: which do the fast tests kill?

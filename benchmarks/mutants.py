@@ -109,6 +109,15 @@ MUTATIONS = [
              "strong_threshold, temperature, num_queries, num_negatives, literal_denominator,\n",
              "strong_threshold, 1.0, num_queries, num_negatives, literal_denominator,\n",
              (W, "test_prcl.py"), "prcl or loss"),
+    # -- the batched sampler (method.sampling=batched) ------------------------------------------------
+    Mutation("batched sampler: anchors drawn from every pixel, not the hard ones", CONTRAST,
+             "hard_idx = torch.nonzero(hard).squeeze(1)", "hard_idx = torch.nonzero(torch.ones_like(hard)).squeeze(1)",
+             ("test_sampling.py",), None),
+    Mutation("batched sampler: negatives may come from the anchor's own class", CONTRAST,
+             '.masked_fill(own, float("-inf")).softmax(1)', ".softmax(1)", ("test_sampling.py",), None),
+    Mutation("batched sampler: positive key from the wrong class", CONTRAST,
+             "prototypes.detach().float()[draws.rows]", "prototypes.detach().float()[draws.rows.roll(1)]",
+             ("test_sampling.py",), None),
     # -- the unsupervised CE ---------------------------------------------------------------------------
     Mutation("masked L_u ignores the confidence threshold delta_u", "s4kit/losses/ce.py",
              "keep = (confidence >= threshold) & valid", "keep = valid",
@@ -117,9 +126,12 @@ MUTATIONS = [
 
 
 def prepare(workdir: Path, tests: Path) -> Path:
-    """A copy of s4kit/, the tests and pyproject.toml under ``workdir``; returns its root."""
+    """A copy of s4kit/, the tests, pyproject.toml and benchmarks/official_equivalence (whose
+    replay helpers tests/test_sampling.py uses) under ``workdir``; returns its root."""
     root = workdir / "repo"
     shutil.copytree(ROOT / "s4kit", root / "s4kit", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "benchmarks" / "official_equivalence", root / "benchmarks" / "official_equivalence",
+                    ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(tests, root / "tests", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy2(ROOT / "pyproject.toml", root / "pyproject.toml")
     return root

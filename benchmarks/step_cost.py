@@ -60,7 +60,9 @@ class Case:
 #   Case("css", "digits/css", baselines=("supervised", "meanteacher")),
 #   Case("supervised_segformer", "digits/supervised", ("model.name=segformer",)),
 #   Case("allspark", "digits/allspark", baselines=("supervised_segformer",)),
-EXTRA_CASES: list[Case] = []
+# reco with the batched anchor / key sampler (method.sampling=batched) against the per-class loop
+EXTRA_CASES: list[Case] = [Case("reco_batched", "digits/reco", ("method.sampling=batched",),
+                                ("supervised", "meanteacher", "reco"))]
 # more baselines for preset cases: AllSpark is compared with the plain SegFormer it is built on,
 # RC²L with the same mask-classification head trained on labels only
 EXTRA_BASELINES: dict[str, tuple[str, ...]] = {"allspark": ("supervised_segformer",),

@@ -98,12 +98,13 @@ def _reco_oracle(pixels, delta_s, tau, n_neg, classes=3, positive_of=lambda c, c
     return sum(per_class) / len(per_class)
 
 
-def test_reco_loss_equals_hand_oracle_with_distinct_representations():
+@pytest.mark.parametrize("sampling", ["loop", "batched"])
+def test_reco_loss_equals_hand_oracle_with_distinct_representations(sampling):
     rep, labels, valid, prob = _reco_tensors(RECO_PIXELS)
     delta_s, tau, n_q, n_neg = 0.9, 0.5, 5, 7
     torch.manual_seed(0)
     got = reco_loss(rep, labels, valid, prob, strong_threshold=delta_s, temperature=tau, num_queries=n_q,
-                    num_negatives=n_neg).item()
+                    num_negatives=n_neg, sampling=sampling).item()
     want = _reco_oracle(RECO_PIXELS, delta_s, tau, n_neg)
     assert got == pytest.approx(want, rel=1e-5)
     # the case can tell the positive key of the right class from another class's
@@ -158,13 +159,14 @@ def _prcl_oracle(pixels, delta_s, tau, n_neg, positive_of=lambda c: c):
     return sum(per_class) / len(per_class)
 
 
-def test_prcl_loss_equals_hand_oracle_with_distinct_representations():
+@pytest.mark.parametrize("sampling", ["loop", "batched"])
+def test_prcl_loss_equals_hand_oracle_with_distinct_representations(sampling):
     mu, labels, valid, prob = _reco_tensors(PRCL_PIXELS, classes=2)
     sigma2 = torch.stack([torch.tensor(PRCL_SIGMA2[c]) for c, *_ in PRCL_PIXELS], 1).view(1, 4, 1, -1)
     delta_s, tau, n_q, n_neg = 0.8, 0.5, 4, 6
     torch.manual_seed(0)
     got, _ = prcl_loss(mu, sigma2, labels, valid, prob, 2, strong_threshold=delta_s, temperature=tau,
-                       num_queries=n_q, num_negatives=n_neg)
+                       num_queries=n_q, num_negatives=n_neg, sampling=sampling)
     want = _prcl_oracle(PRCL_PIXELS, delta_s, tau, n_neg)
     assert got.item() == pytest.approx(want, rel=1e-5)
     wrong = _prcl_oracle(PRCL_PIXELS, delta_s, tau, n_neg, positive_of=lambda c: 1 - c)
@@ -354,3 +356,31 @@ def test_contrast_loss_scales_linearly_with_its_weight(name, digits_root, tmp_pa
     assert c1 > 0
     assert two["loss_contrast"].item() == pytest.approx(2 * c1, rel=1e-4)
     assert zero["loss_contrast"].item() == 0.0
+
+
+@pytest.mark.parametrize("name", ["reco", "prcl", "css"])
+def test_sampling_option_reaches_the_hard_anchor_contrast(name, digits_root, tmp_path):
+    """``method.sampling`` (loop by default, batched on request) is what the loss's hard-anchor
+    contrast receives, and the batched step gives a positive, finite ``loss_contrast``."""
+    import s4kit.losses.contrast as contrast_module
+    import s4kit.losses.css as css_losses
+    import s4kit.losses.prcl as prcl_losses
+
+    module = {"reco": contrast_module, "css": css_losses, "prcl": prcl_losses}[name]
+    real, seen = module.hard_anchor_contrast, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("sampling", "loop"))
+        return real(*args, **kwargs)
+
+    module.hard_anchor_contrast = spy
+    try:
+        for sampling in ("loop", "batched"):
+            _, method, labeled, unlabeled = _setup(name, digits_root, tmp_path / sampling,
+                                                   ["augment.mix=none", f"method.sampling={sampling}"])
+            torch.manual_seed(0)
+            loss = method.train_step(labeled, unlabeled)["loss_contrast"].item()
+            assert seen[-1] == sampling and 0 < loss < math.inf
+    finally:
+        module.hard_anchor_contrast = real
+    assert load_config(f"digits/{name}").method.sampling == "loop"  # the presets keep the loop

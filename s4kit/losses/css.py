@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from ..labels import IGNORE_INDEX
 from .ce import unsupervised_masked_ce, unsupervised_weighted_ce
-from .contrast import hard_anchor_contrast, own_class_scores, pixels_and_classes
+from .contrast import Sampling, hard_anchor_contrast, own_class_scores, pixels_and_classes
 from .ramps import gaussian_rampdown
 
 
@@ -184,7 +184,7 @@ def anchor_weights(indicator: torch.Tensor, labels: torch.Tensor, valid: torch.T
 def css_contrast_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, indicator: torch.Tensor,
                       prototypes: torch.Tensor, strong_threshold: float = 0.8, temperature: float = 0.5,
                       num_queries: int = 256, num_negatives: int = 512,
-                      literal_denominator: bool = False) -> torch.Tensor:
+                      literal_denominator: bool = False, sampling: Sampling = "loop") -> torch.Tensor:
     """CSS pixel contrast (C7; paper Eq. 9; ``loss.py`` L114-149).
 
     Like ReCo's (S5-S9), with three changes: hard anchors are chosen by the similarity
@@ -203,6 +203,8 @@ def css_contrast_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
         num_negatives: negatives per anchor (512).
         literal_denominator: count classes without hard anchors in |C| (code behaviour);
             default: only classes that contribute, as s4kit's ReCo.
+        sampling: ``loop`` (the official draw order) or ``batched`` (one draw for all
+            classes, same distribution; ``losses.contrast.hard_anchor_contrast``).
 
     Returns a scalar; ``0 * rep.sum()`` (graph-connected, for DDP) when fewer than two
     classes are present or no class has a hard anchor.
@@ -215,7 +217,7 @@ def css_contrast_loss(rep: torch.Tensor, labels: torch.Tensor, valid: torch.Tens
         j = own_class_scores(indicator, labels, valid)
         protos = prototypes.detach().float()[classes]
     return hard_anchor_contrast(reps, lab, classes, j, protos, strong_threshold, temperature, num_queries,
-                                num_negatives, literal_denominator) + zero
+                                num_negatives, literal_denominator, sampling=sampling) + zero
 
 
 def contrast_rampdown(iteration: int, total: int, schedule: str = "global_rampdown", epoch_length: int = 1) -> float:

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .contrast import flatten_pixels, hard_anchor_contrast, own_class_scores
+from .contrast import Sampling, flatten_pixels, hard_anchor_contrast, own_class_scores
 from .ramps import gaussian_rampdown
 
 
@@ -91,7 +91,7 @@ def prcl_loss(mu: torch.Tensor, sigma2: torch.Tensor, labels: torch.Tensor, vali
               num_queries: int = 256, num_negatives: int = 512, literal_denominator: bool = False,
               reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
               global_prototypes: tuple[torch.Tensor, torch.Tensor] | None = None,
-              virtual_negatives: int = 0):
+              virtual_negatives: int = 0, sampling: Sampling = "loop"):
     """PRCL's contrastive loss with MLS and distribution prototypes (P6)-(P7).
 
     For each class c present among the valid pixels of this process (n classes):
@@ -123,6 +123,9 @@ def prcl_loss(mu: torch.Tensor, sigma2: torch.Tensor, labels: torch.Tensor, vali
         virtual_negatives: V > 0 adds V virtual negatives per anchor, drawn from
             N(mu_G,c', sigma^2_G,c') of classes c' != c drawn like the real ones
             (needs ``global_prototypes``; [interpretation] of the journal's VNs).
+        sampling: ``loop`` (the official draw order) or ``batched`` (one draw for all
+            classes, same distribution; ``losses.contrast.hard_anchor_contrast``). MLS is no
+            dot product, so ``batched`` saves only the Python loop here, not the key work.
 
     Returns ``(loss, stats)``: a scalar tensor (``0 * (mu.sum() + sigma2.sum())``,
     graph-connected, when fewer than two classes are present or there is no hard anchor)
@@ -160,12 +163,20 @@ def prcl_loss(mu: torch.Tensor, sigma2: torch.Tensor, labels: torch.Tensor, vali
         v_mu = proto_mu[vd] + proto_s2[vd].sqrt() * torch.randn_like(proto_mu[vd])
         return torch.cat([v_mu, proto_s2[vd]], -1)
 
+    def virtual_batched(probs: torch.Tensor) -> torch.Tensor:  # (n_h, n) -> (n_h, Q, V, 2D), one draw
+        vd = torch.multinomial(probs, num_queries * virtual_negatives, replacement=True)
+        vd = vd.view(-1, num_queries, virtual_negatives)
+        v_mu = proto_mu[vd] + proto_s2[vd].sqrt() * torch.randn_like(proto_mu[vd])
+        return torch.cat([v_mu, proto_s2[vd]], -1)
+
     # every pixel and prototype is one row [mu, sigma^2] (N, 2D): anchors keep the gradient of both
     loss = hard_anchor_contrast(torch.cat([mus, s2s], 1), lab, classes, p_label, torch.cat([proto_mu, proto_s2], 1),
                                 strong_threshold, temperature, num_queries, num_negatives, literal_denominator,
                                 similarity=gaussian_mls,
                                 extra_negatives=virtual if virtual_negatives > 0 and global_prototypes is not None
-                                else None)
+                                else None, sampling=sampling,
+                                extra_negatives_batched=virtual_batched
+                                if virtual_negatives > 0 and global_prototypes is not None else None)
     return loss + zero, stats
 
 

@@ -318,7 +318,7 @@ class CSS(Method):
                                    torch.cat([y_l != IGNORE_INDEX, valid_t]))
         # 6. the contrast with the updated prototypes as positive keys (C7), weighted (C8)
         loss_c = css_contrast_loss(rep, labels, valid, indicator, self.proto, o.strong_threshold, o.temperature,
-                                   o.num_queries, o.num_negatives, o.literal_denominator)
+                                   o.num_queries, o.num_negatives, o.literal_denominator, o.sampling)
         lam = self.lambda_c()
         losses["loss_contrast"] = lam * loss_c
         with torch.no_grad():

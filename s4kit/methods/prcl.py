@@ -75,6 +75,9 @@ class PRCLOptions(MeanTeacherOptions):
     gdp_momentum: float = opt(0.99, "[0, 1]")  # forgetting factor of the global prototypes' accumulated precision
     virtual_negatives: int = opt(0, "[0, inf)")  # per anchor, ijcv_interpretation only
     literal_denominator: bool = False  # the code counts classes without hard anchors in (P7)
+    # how anchors and keys are drawn (losses.contrast.hard_anchor_contrast): loop over classes in the
+    # official order (what the equivalence harness replays) | batched: one draw, same distribution
+    sampling: Literal["loop", "batched"] = "loop"
 
 
 @register("prcl")
@@ -153,7 +156,8 @@ class PRCL(Method):
         loss_c, (prec, weighted) = prcl_loss(mu, sigma2, labels, valid, prob, self.num_classes, o.strong_threshold,
                                              o.temperature, o.num_queries, o.num_negatives, o.literal_denominator,
                                              reduce=dist.all_reduce_sum, global_prototypes=gdp,
-                                             virtual_negatives=o.virtual_negatives if ijcv else 0)
+                                             virtual_negatives=o.virtual_negatives if ijcv else 0,
+                                             sampling=o.sampling)
         with torch.no_grad():  # 5. global distribution prototypes (P10) with forgetting
             self.gdp_precision.mul_(o.gdp_momentum).add_(prec)
             self.gdp_weighted.mul_(o.gdp_momentum).add_(weighted)

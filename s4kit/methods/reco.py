@@ -23,6 +23,7 @@ anchor does not count in the denominator of (S9) (ReCo defect 4, substrate §9);
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -46,6 +47,9 @@ class RecoOptions(MeanTeacherOptions):
     contrast_weight: float = opt(1.0, "[0, inf)")  # lambda_c
     contrast_warmup: int = opt(0, "[0, inf)")  # s4kit: lambda_c ramps up linearly over this many iterations (ReCo: 0)
     literal_denominator: bool = False  # ReCo-literal (S9) denominator
+    # how anchors and keys are drawn (losses.contrast.hard_anchor_contrast): loop over classes in the
+    # official order (what the equivalence harness replays) | batched: one draw, same distribution
+    sampling: Literal["loop", "batched"] = "loop"
 
 
 @register("reco")
@@ -73,6 +77,6 @@ class ReCo(Method):
         rep = torch.cat([out_l["rep"], out_u["rep"]]).float()
         prob = torch.cat([out_l["logits"], out_u["logits"]]).float().softmax(1)  # student: picks hard anchors
         loss_c = reco_loss(rep, labels, valid, prob, o.strong_threshold, o.temperature, o.num_queries,
-                           o.num_negatives, o.literal_denominator)
+                           o.num_negatives, o.literal_denominator, o.sampling)
         lam_c = o.contrast_weight * linear_rampup(self.iteration, o.contrast_warmup)
         return {**step.losses, "loss_contrast": lam_c * loss_c, **step.logs}  # (S10)

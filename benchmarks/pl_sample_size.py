@@ -59,9 +59,9 @@ def main(argv=None) -> int:
     if args.train:
         run = run or tempfile.mkdtemp(prefix="pl_sample_size_")
         t0 = time.time()
-        cfg = load_config("digits/meanteacher", [f"data.root={args.data}", f"run.dir={run}", f"train.iters={args.train}",
-                                                  "viz.enabled=false", "viz.snapshots=0", "eval.pl_max_images=64",
-                                                  "device=cpu"])
+        cfg = load_config("digits/meanteacher", [f"data.root={args.data}", f"run.dir={run}",
+                                                  f"train.iters={args.train}", "viz.enabled=false", "viz.snapshots=0",
+                                                  "eval.pl_max_images=64", "device=cpu"])
         train(cfg, progress=False)
         print(f"trained {args.train} iterations in {time.time() - t0:.0f} s -> {run}")
     if not run:

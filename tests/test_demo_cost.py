@@ -121,3 +121,16 @@ def test_pseudo_label_metrics_all_and_sampled():
     for k, v in _expected(data, chosen).items():
         assert some[k] == pytest.approx(v)
     assert some["pseudo_label_images"] == 5 and some["pseudo_label_precision_se"] > 0
+
+
+def test_unlabeled_batches_sample_and_head():
+    from s4kit.engine.trainer import UnlabeledBatches
+
+    data = _Unlabeled()
+    ids = lambda batches: [i for b in batches for i in b["id"]]  # noqa: E731
+    chosen = sample_indices(12, 5)
+    # finalize hands method measures (PRCL's AUROC, CSS's sources) the pseudo-label sample
+    assert ids(UnlabeledBatches(data, "cpu", 2, indices=chosen)) == [str(i) for i in chosen]
+    # max_images alone keeps the first N (notebook 03 compares final_metrics on its first N images)
+    assert ids(UnlabeledBatches(data, "cpu", 2, 5)) == ["0", "1", "2", "3", "4"]
+    assert ids(UnlabeledBatches(data, "cpu", 64)) == [str(i) for i in range(12)]

@@ -39,7 +39,7 @@ from ..config import NO_WEIGHTS, ConfigError, accumulation_steps, from_yaml, to_
 from ..errors import S4kitError, first_line
 from ..data.loaders import build_dataset, build_train_streams, n_images
 from ..methods import build_method
-from .evaluate import evaluate, pseudo_label_metrics
+from .evaluate import evaluate, pseudo_label_metrics, sample_indices
 from .logger import CSVLog
 from .snapshots import Snapshotter
 from .stages import progress_bar, stage
@@ -770,14 +770,16 @@ def _evaluate(cfg, method, device, progress: bool = False) -> dict:
 
 class UnlabeledBatches:
     """Re-iterable eval batches of the unlabeled images (this rank's share), on ``device``:
-    every image, or with ``max_images`` the seeded sample ``evaluate.sample_indices`` (the
-    images ``pseudo_label_metrics`` measures); ``progress``: a bar over the images of each pass."""
+    the images ``indices`` (``finalize`` passes the seeded sample ``evaluate.sample_indices``
+    of ``eval.pl_max_images``, the images ``pseudo_label_metrics`` measures), else the first
+    ``max_images`` (0: all); ``progress``: a bar over the images of each pass."""
 
-    def __init__(self, dataset, device, batch_size: int, max_images: int = 0, progress: bool = False):
-        from .evaluate import sample_indices
-
+    def __init__(self, dataset, device, batch_size: int, max_images: int = 0, progress: bool = False,
+                 indices: list[int] | None = None):
         self.dataset, self.device, self.batch_size, self.progress = dataset, device, batch_size, progress
-        self.indices = sample_indices(len(dataset), max_images)
+        if indices is None:
+            indices = range(len(dataset) if not max_images else min(max_images, len(dataset)))
+        self.indices = list(indices)
         self.n = len(self.indices)
 
     def __iter__(self):
@@ -848,7 +850,8 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
     unlabeled_batches = None
     if method.uses_unlabeled:
         unl = build_dataset(cfg, "unlabeled", train=False)
-        unlabeled_batches = UnlabeledBatches(unl, device, cfg.eval.batch_size, cfg.eval.pl_max_images, progress)
+        unlabeled_batches = UnlabeledBatches(unl, device, cfg.eval.batch_size, progress=progress,
+                                             indices=sample_indices(len(unl), cfg.eval.pl_max_images))
         if cfg.data.hidden_gt:
             with stage("pseudo-label measurement", timing, progress):
                 method.eval()

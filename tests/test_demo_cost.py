@@ -134,3 +134,16 @@ def test_unlabeled_batches_sample_and_head():
     # max_images alone keeps the first N (notebook 03 compares final_metrics on its first N images)
     assert ids(UnlabeledBatches(data, "cpu", 2, 5)) == ["0", "1", "2", "3", "4"]
     assert ids(UnlabeledBatches(data, "cpu", 64)) == [str(i) for i in range(12)]
+
+
+def test_demo_main_prints_and_writes_timing(tmp_path, monkeypatch, capsys):
+    import s4kit.demo as demo
+    import s4kit.engine.report as report
+
+    out = _demo(tmp_path)
+    monkeypatch.setattr(demo, "run_all", lambda *a, **k: None)  # the runs are there already
+    monkeypatch.setattr(report, "report_table", lambda out: "| results |")
+    assert demo.main(["--out", str(out), "--figures", ""]) == 0
+    written = (out / "timing.md").read_text()
+    assert timing_table(out) in written and "| **total** | 30.0 | 6.0 | 6.0 | 4.0 | 1.0 | 3.0 | 38.0 |" in written
+    assert timing_table(out) in capsys.readouterr().out

@@ -149,7 +149,7 @@ class EvalConfig:
     batch_size: int = 32  # full mode batches same-size images; sliding mode uses 1
     model: str = "teacher"  # teacher | student (methods without a teacher use the student)
     max_images: int = 0  # 0: the whole val set
-    pl_max_images: int = 0  # 0: every unlabeled train image for the final pseudo-label metrics
+    pl_max_images: int = 0  # final pseudo-label metrics: 0 every unlabeled train image, N a seeded random sample of N
 
 
 @dataclass

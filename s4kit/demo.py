@@ -51,6 +51,63 @@ def results_figure(rows: list[dict], path: Path) -> Path:
     return path
 
 
+# metrics.json "timing": the stages of a run (keys without "/"), their sum is the run's total;
+# "training/<part>" keys are parts of the training stage (already inside it).
+STAGES = ["training", "final evaluation", "pseudo-label measurement", "method measures", "latent measures", "figures"]
+
+
+def read_timings(out: Path) -> dict[str, dict[str, float]]:
+    """Run folder name -> its metrics.json ``timing`` (seconds per stage), for every folder
+    directly under ``out`` with a metrics.json holding one (sorted by name)."""
+    import json
+
+    timings = {}
+    for metrics in sorted(Path(out).glob("*/metrics.json")):
+        try:
+            timing = json.loads(metrics.read_text(encoding="utf-8")).get("timing")
+        except (OSError, ValueError):
+            continue
+        if isinstance(timing, dict) and timing:
+            timings[metrics.parent.name] = {k: float(v) for k, v in timing.items()}
+    return timings
+
+
+def stage_columns(timings: dict[str, dict[str, float]]) -> list[str]:
+    """The timing keys present in any run: the known stages in ``STAGES`` order, each
+    followed by its ``<stage>/<part>`` keys, then any other key."""
+    keys = list(dict.fromkeys(k for t in timings.values() for k in t))
+    order = []
+    for name in STAGES + [k for k in keys if "/" not in k and k not in STAGES]:
+        if name in keys:
+            order.append(name)
+        order += [k for k in keys if k.startswith(name + "/")]
+    return order + [k for k in keys if k not in order]
+
+
+def run_total(timing: dict[str, float]) -> float:
+    """A run's total seconds: the sum of its stages (keys without "/": the parts are inside)."""
+    return sum(v for k, v in timing.items() if "/" not in k)
+
+
+def timing_table(out: Path) -> str:
+    """Markdown table of stage seconds per run of ``out`` (``read_timings``) with a total
+    column (``run_total``) and a totals row; parts of a stage are columns ``<stage>/<part>``.
+    A stage a run did not have is blank (and adds 0 to the totals). Empty string if no run
+    has a timing."""
+    timings = read_timings(out)
+    if not timings:
+        return ""
+    cols = stage_columns(timings)
+    lines = ["| run | " + " | ".join(cols) + " | total |", "|---|" + "---:|" * (len(cols) + 1)]
+    for run, t in timings.items():
+        cells = [f"{t[c]:.1f}" if c in t else "" for c in cols]
+        lines.append(f"| {run} | " + " | ".join(cells) + f" | {run_total(t):.1f} |")
+    sums = [sum(t.get(c, 0.0) for t in timings.values()) for c in cols]
+    total = sum(run_total(t) for t in timings.values())
+    lines.append("| **total** | " + " | ".join(f"{v:.1f}" for v in sums) + f" | {total:.1f} |")
+    return "\n".join(lines)
+
+
 def _launch(method: str, split: str, seed: int, run: Path, data: str, max_iters: int, threads: int):
     """Start ``s4kit reproduce`` for one run in a subprocess; its output goes to ``run/demo.log``."""
     from .engine.trainer import claim_run_dir
@@ -143,6 +200,11 @@ def main(argv=None) -> int:
         print(f"[demo] s4kit viz over {len([r for r in runs if r[2] == seed])} runs in {time.time() - t1:.0f} s",
               flush=True)
         print(f"[demo] figures in {fig_dir}/", flush=True)
+    timing = timing_table(out)
+    if timing:
+        atomic_write_text(out / "timing.md", "seconds per stage of each run (metrics.json \"timing\"; "
+                          "training/<part>: parts of training)\n\n" + timing + "\n")
+        print(f"\n[demo] seconds per stage (also in {out / 'timing.md'}):\n{timing}", flush=True)
     print(f"[demo] finished in {time.time() - t0:.0f} s", flush=True)
     return 0
 

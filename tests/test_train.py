@@ -1,5 +1,6 @@
 """The trainer end to end on the small digits set: run folder, resume, non-finite losses."""
 import json
+import math
 import re
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from s4kit.config import ConfigError, load_config
 from s4kit.engine import NonFiniteLossError, train
 from s4kit.engine.logger import read_log
+from s4kit.engine.trainer import TRAINING_PARTS
 
 from conftest import tiny_overrides
 
@@ -28,9 +30,21 @@ def test_run_folder_contents(digits_root, tmp_path, capsys):
         assert len(re.findall(rf"(?m)^{name} \.\.\. \d+\.\d s$", err.replace("\r", "\n"))) == 1, name
     assert "method measures" not in err  # mean teacher has no measures of its own
     timing = json.loads((run / "metrics.json").read_text())["timing"]
-    assert list(timing) == MEANTEACHER_STAGES and all(isinstance(v, float) and v >= 0 for v in timing.values())
+    parts = [f"training/{p}" for p in TRAINING_PARTS]
+    assert list(timing) == ["training", *parts, *MEANTEACHER_STAGES[1:]]
+    assert all(isinstance(v, float) and v >= 0 for v in timing.values())
     assert timing["training"] >= metrics["train_seconds"] - 0.01  # the loop holds the training time
+    # the parts of training (issue 18) lie inside its wall clock; each iteration loads data and steps
+    assert sum(timing[p] for p in parts) <= timing["training"]
+    assert timing["training/data"] > 0 and timing["training/step"] > 0 and timing["training/ema"] > 0
+    assert timing["training/snapshots"] > 0 and timing["training/checkpoints"] > 0 and timing["training/logging"] > 0
+    assert timing["training/snapshots"] <= metrics["snapshot_seconds"] + 0.05
+    assert timing["training/periodic evaluation"] == 0.0  # train.eval_every is 0
+    assert timing["training/step"] > timing["training/ema"]
     assert METRIC_KEYS | {"pseudo_label_precision", "pseudo_label_coverage"} <= set(metrics)
+    # the final pseudo-labels on the seeded sample of eval.pl_max_images=16 of the 120 unlabeled images
+    se, precision = metrics["pseudo_label_precision_se"], metrics["pseudo_label_precision"]
+    assert metrics["pseudo_label_images"] == 16 and math.isnan(se) == math.isnan(precision) and not se < 0
     assert json.loads((run / "metrics.json").read_text())["miou"] == pytest.approx(metrics["miou"])
     assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.pt").exists()
     for fig in ("predictions", "per_class_iou", "tsne", "losses", "pseudo_labels"):
@@ -88,7 +102,7 @@ def test_resume_refuses_a_different_config(digits_root, tmp_path, capsys):
     train(load_config("digits/supervised", tiny_overrides(digits_root, run, iters=2)), progress=False)
     assert capsys.readouterr() == ("", "")  # progress=False: no bar, no stage line
     assert set(json.loads((run / "metrics.json").read_text())["timing"]) == {
-        "training", "final evaluation", "latent measures", "figures"}
+        "training", "final evaluation", "latent measures", "figures", *(f"training/{p}" for p in TRAINING_PARTS)}
     with pytest.raises(ConfigError, match="different config.*optim.lr"):
         train(load_config("digits/supervised", tiny_overrides(digits_root, run, iters=2) + ["optim.lr=0.1"]),
               progress=False)

@@ -152,23 +152,62 @@ def evaluate(predict: Callable[[torch.Tensor], torch.Tensor], dataset, num_class
             "confusion": cm}
 
 
+def sample_indices(n: int, max_images: int = 0, seed: int = 0) -> list[int]:
+    """The images a measurement on at most ``max_images`` of ``n`` images uses: all of them
+    (``range(n)``) when ``max_images`` is 0 or >= n, else a seeded random subset of
+    ``max_images`` indices, in increasing order (the same for every call with the same
+    ``n``, ``max_images``, ``seed``; a split list in some order, by source or by class,
+    is then sampled fairly rather than by its head)."""
+    if not max_images or max_images >= n:
+        return list(range(n))
+    import numpy as np
+
+    return sorted(np.random.default_rng([seed, 18]).choice(n, max_images, replace=False).tolist())
+
+
+def ratio_standard_error(numerators, denominators, population: int = 0) -> float:
+    """Standard error of the ratio R = sum(y) / sum(x) of a simple random sample of images,
+    y_i and x_i per image (e.g. correct-and-confident and confident pixels: R is the
+    pseudo-label precision): the cluster (ratio-estimator, linearisation) standard error
+
+        SE(R) = sqrt((1 - n / N) * sum_i (y_i - R x_i)^2 / (n - 1) / n) / mean(x)
+
+    with ``population`` N (0: infinite, no finite-population correction; n >= N gives 0,
+    the whole population measured). Pixels of one image are not independent; the image is
+    the sampling unit. NaN when n < 2 or no x."""
+    y = torch.as_tensor(numerators, dtype=torch.float64).flatten()
+    x = torch.as_tensor(denominators, dtype=torch.float64).flatten()
+    n = y.numel()
+    if n < 2 or float(x.sum()) <= 0:
+        return math.nan
+    fpc = max(0.0, 1.0 - n / population) if population else 1.0
+    r = y.sum() / x.sum()
+    var = float(((y - r * x) ** 2).sum()) / (n - 1)
+    return math.sqrt(fpc * var / n) / float(x.mean())
+
+
 @torch.no_grad()
 def pseudo_label_metrics(pseudo_label: Callable, dataset, device, threshold: float, batch_size: int = 32,
-                         max_images: int = 0, progress: bool = False) -> dict:
+                         max_images: int = 0, progress: bool = False, seed: int = 0) -> dict:
     """Precision and coverage of pseudo-labels on unlabeled images with hidden ground truth.
 
     Args:
         pseudo_label: image (B, 3, H, W) -> (labels int64 (B, H, W), confidence (B, H, W)).
         dataset: unlabeled samples carrying ``hidden_mask``.
         threshold: the method's confidence threshold.
+        max_images: measure on a seeded random sample of this many images
+            (``sample_indices(len(dataset), max_images, seed)``); 0: every image.
         progress: a bar over this rank's images (``image_bar``).
 
     Returns ``{"pseudo_label_precision", "pseudo_label_coverage", "pseudo_label_accuracy"}``
-    in percent (precision NaN if no pixel is confident), summed over ranks.
+    in percent (precision NaN if no pixel is confident), summed over ranks, with
+    ``pseudo_label_images`` (the images measured) and ``pseudo_label_precision_se``: the
+    sampling standard error of the precision in percentage points (``ratio_standard_error``
+    over the images, finite-population corrected: 0 when every image is measured).
     """
-    n = len(dataset) if not max_images else min(max_images, len(dataset))
-    counts = torch.zeros(4, dtype=torch.float64)  # valid, confident, correct&confident, correct
-    indices = range(dist.rank(), n, dist.world_size())
+    chosen = sample_indices(len(dataset), max_images, seed)
+    per_image = []  # per image: valid, confident, correct&confident, correct
+    indices = chosen[dist.rank()::dist.world_size()]
     bar = image_bar(len(indices), "pseudo-labels", progress)
     for batch in _batches(dataset, indices, batch_size):
         bar.update(len(batch))
@@ -178,11 +217,15 @@ def pseudo_label_metrics(pseudo_label: Callable, dataset, device, threshold: flo
         valid = hidden != 255
         confident = valid & (conf >= threshold)
         correct = labels == hidden
-        counts += torch.tensor([valid.sum().item(), confident.sum().item(), (correct & confident).sum().item(),
-                                (correct & valid).sum().item()], dtype=torch.float64)
+        per_image.append(torch.stack([valid.flatten(1).sum(1), confident.flatten(1).sum(1),
+                                      (correct & confident).flatten(1).sum(1), (correct & valid).flatten(1).sum(1)],
+                                     1).double().cpu())
     bar.close()
-    counts = dist.all_reduce_sum(counts.to(device)).cpu()
-    valid, confident, cc, c = counts.tolist()
+    counts = torch.cat(per_image) if per_image else torch.zeros(0, 4, dtype=torch.float64)
+    counts = dist.all_gather_cat(counts.to(device)).cpu()
+    valid, confident, cc, c = counts.sum(0).tolist()
     return {"pseudo_label_precision": 100 * cc / confident if confident else math.nan,
             "pseudo_label_coverage": 100 * confident / valid if valid else math.nan,
-            "pseudo_label_accuracy": 100 * c / valid if valid else math.nan}
+            "pseudo_label_accuracy": 100 * c / valid if valid else math.nan,
+            "pseudo_label_images": int(counts.shape[0]),
+            "pseudo_label_precision_se": 100 * ratio_standard_error(counts[:, 2], counts[:, 1], len(dataset))}

@@ -39,7 +39,7 @@ from ..config import NO_WEIGHTS, ConfigError, accumulation_steps, from_yaml, to_
 from ..errors import S4kitError, first_line
 from ..data.loaders import build_dataset, build_train_streams, n_images
 from ..methods import build_method
-from .evaluate import evaluate, pseudo_label_metrics
+from .evaluate import evaluate, pseudo_label_metrics, sample_indices
 from .logger import CSVLog
 from .snapshots import Snapshotter
 from .stages import progress_bar, stage
@@ -352,7 +352,7 @@ def load_method_state(method, state: dict, source: str | Path = "checkpoint") ->
 
 def training_step(method, optimizer, labeled: dict | list[dict], unlabeled: dict | list | None, iteration: int,
                   grad_clip: float | None = None, amp: bool = False, extras: list | tuple = (),
-                  where: str = "") -> tuple[dict, torch.Tensor]:
+                  where: str = "", timing: dict | None = None) -> tuple[dict, torch.Tensor]:
     """One optimisation step of the trainer (the benchmarks time exactly this).
 
     For each of the A micro-batches (``labeled`` a dict: A = 1; a list of A dicts, with
@@ -373,7 +373,8 @@ def training_step(method, optimizer, labeled: dict | list[dict], unlabeled: dict
     Returns ``(outputs, L)``: with A = 1 the outputs of ``train_step`` and L; else every output
     averaged over the micro-batches that produced it (float tensors) and the mean L.
     Raises ``NonFiniteLossError`` naming the iteration and the non-finite losses (``where`` is
-    appended) before any weight changes.
+    appended) before any weight changes. ``timing`` (optional): ``timing["training/ema"]``
+    accumulates the seconds of ``method.after_step``.
     """
     micro = list(labeled) if isinstance(labeled, (list, tuple)) else [labeled]
     micro_u = list(unlabeled) if isinstance(unlabeled, (list, tuple)) else [unlabeled] * len(micro)
@@ -400,10 +401,27 @@ def training_step(method, optimizer, labeled: dict | list[dict], unlabeled: dict
     dist.average_gradients(extras)
     clip_gradients(method, grad_clip)
     optimizer.step()
-    method.after_step(iteration)
+    if timing is None:
+        method.after_step(iteration)
+    else:
+        t0 = time.perf_counter()
+        method.after_step(iteration)
+        _add(timing, "training/ema", t0)
     if steps == 1:
         return outs[0], total
     return _mean_outputs(outs), torch.stack(totals).mean()
+
+
+def _add(timing: dict, key: str, start: float) -> float:
+    """``timing[key] += perf_counter() - start``; returns the new ``perf_counter()``."""
+    now = time.perf_counter()
+    timing[key] = timing.get(key, 0.0) + now - start
+    return now
+
+
+# The parts of the "training" stage that ``_train`` times (keys "training/<part>" of metrics.json
+# "timing"); the rest of the loop (the learning rate, the bar) is "training" minus their sum.
+TRAINING_PARTS = ("data", "step", "ema", "logging", "periodic evaluation", "checkpoints", "snapshots")
 
 
 def _mean_outputs(outs: list[dict]) -> dict:
@@ -589,15 +607,19 @@ def resume(method, optimizer, state: dict | None, ckpt_path: Path) -> Progress:
                     saved_step=state["step"])
 
 
-def log_row(cfg, method, device, progress: Progress, step: int, lr: float) -> dict:
+def log_row(cfg, method, device, progress: Progress, step: int, lr: float, timing: dict | None = None) -> dict:
     """The ``log.csv`` row of ``step``: learning rate, the mean of every logged value since the
-    last row, throughput, and the val mIoU when ``train.eval_every`` says so."""
+    last row, throughput, and the val mIoU when ``train.eval_every`` says so (its seconds added
+    to ``timing["training/periodic evaluation"]`` when ``timing`` is given)."""
     progress.clock()
     row = {"iter": step, "lr": lr, **{k: float(np.mean(v)) for k, v in progress.window.items()},
            "images_per_second": _images_per_iter(cfg, method) * step / max(progress.train_seconds, 1e-9)}
     progress.window = {}
     if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.iters:
+        t0 = time.perf_counter()
         row["val_miou"] = _evaluate(cfg, method, device)["miou"]
+        if timing is not None:
+            _add(timing, "training/periodic evaluation", t0)
         if row["val_miou"] > progress.best["miou"]:
             progress.best = {"miou": row["val_miou"], "iter": step}
         progress.tick = time.time()  # evaluation is not training time
@@ -626,7 +648,18 @@ def checkpoint(method, optimizer, progress: Progress, step: int, ckpt_path: Path
 
 def _train(cfg, method, device: torch.device, show_progress: bool) -> dict:
     """The loop: prepare the folder, resume, then per iteration (one optimiser step): lr, the
-    step's (micro-)batches, ``training_step``, snapshot, log row, checkpoint; then ``finalize``."""
+    step's (micro-)batches, ``training_step``, snapshot, log row, checkpoint; then ``finalize``.
+
+    Timing (metrics.json ``timing``, seconds of this invocation; a resumed run times only
+    what it ran itself, like ``training``): ``training`` is the wall clock of the loop and
+    ``training/<part>`` (``TRAINING_PARTS``) its parts, each accumulated with
+    ``time.perf_counter`` around that part (two clock reads per part and iteration):
+    ``data`` (next batches, copy to the device), ``step`` (forward, backward, optimiser step,
+    reading the losses back), ``ema`` (``method.after_step``), ``logging`` (log row and
+    file, periodic evaluation excluded), ``periodic evaluation`` (``train.eval_every``),
+    ``checkpoints`` and ``snapshots``. On a GPU the host waits for the device when it reads
+    the losses back, so the GPU's asynchronous work (the EMA's included) lands in ``step``.
+    """
     rank, world = dist.rank(), dist.world_size()
     run_dir, state = prepare_run_dir(cfg, device)
     ckpt_path = run_dir / "checkpoints" / "last.pt"
@@ -659,32 +692,44 @@ def _train(cfg, method, device: torch.device, show_progress: bool) -> dict:
     run.tick = time.time()
     method.train()
     try:  # the log (and its TensorBoard writer) is closed also when an iteration raises
+        timing.update({"training": 0.0, **{f"training/{key}": 0.0 for key in TRAINING_PARTS}})  # this order
         with stage("training", timing, talk):
             for t in bar:
                 lr = poly_lr(o.lr, t, T, o.power, o.min_lr, o.warmup_iters)
                 for g in optimizer.param_groups:
                     g["lr"] = lr * g.get("lr_mult", 1.0)
+                t0 = time.perf_counter()
                 # accum micro-batches per optimiser step (train.global_batch); everything else once per step
                 labeled = [_to_device(next(labeled_it), device, channels_last) for _ in range(accum)]
                 unlabeled = [_to_device(next(unlabeled_it), device, channels_last) if unlabeled_it is not None
                              else None for _ in range(accum)]
                 if accum == 1:
                     labeled, unlabeled = labeled[0], unlabeled[0]
+                t0 = _add(timing, "training/data", t0)
+                ema_before = timing["training/ema"]
                 out, total = training_step(method, optimizer, labeled, unlabeled, t, o.grad_clip, amp, extras,
-                                           where=f" in run {run_dir} ({_healthy(ckpt_path, run.saved_step)})")
+                                           where=f" in run {run_dir} ({_healthy(ckpt_path, run.saved_step)})",
+                                           timing=timing)
                 for k, v in out.items():
                     run.window.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor)
                                                         else float(v))
                 run.window.setdefault("loss", []).append(float(total.detach()))
+                t0 = _add(timing, "training/step", t0)
+                timing["training/step"] -= timing["training/ema"] - ema_before  # the EMA is its own part
                 step = t + 1
                 if snap is not None:
                     snap(step)
+                    t0 = _add(timing, "training/snapshots", t0)
                 if step % cfg.train.log_every == 0 or step == T:
-                    row = log_row(cfg, method, device, run, step, lr)
+                    evaluating = timing["training/periodic evaluation"]
+                    row = log_row(cfg, method, device, run, step, lr, timing)
                     log.append(row)
                     bar.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}")
+                    t0 = _add(timing, "training/logging", t0)
+                    timing["training/logging"] -= timing["training/periodic evaluation"] - evaluating
                 if step % cfg.train.checkpoint_every == 0 or step == T:
                     checkpoint(method, optimizer, run, step, ckpt_path, snap.seconds if snap is not None else 0.0)
+                    _add(timing, "training/checkpoints", t0)
     finally:
         bar.close()
         log.close()
@@ -724,17 +769,23 @@ def _evaluate(cfg, method, device, progress: bool = False) -> dict:
 
 
 class UnlabeledBatches:
-    """Re-iterable eval batches of the unlabeled images (this rank's share), on ``device``;
-    ``progress``: a bar over the images of each pass."""
+    """Re-iterable eval batches of the unlabeled images (this rank's share), on ``device``:
+    the images ``indices`` (``finalize`` passes the seeded sample ``evaluate.sample_indices``
+    of ``eval.pl_max_images``, the images ``pseudo_label_metrics`` measures), else the first
+    ``max_images`` (0: all); ``progress``: a bar over the images of each pass."""
 
-    def __init__(self, dataset, device, batch_size: int, max_images: int = 0, progress: bool = False):
+    def __init__(self, dataset, device, batch_size: int, max_images: int = 0, progress: bool = False,
+                 indices: list[int] | None = None):
         self.dataset, self.device, self.batch_size, self.progress = dataset, device, batch_size, progress
-        self.n = len(dataset) if not max_images else min(max_images, len(dataset))
+        if indices is None:
+            indices = range(len(dataset) if not max_images else min(max_images, len(dataset)))
+        self.indices = list(indices)
+        self.n = len(self.indices)
 
     def __iter__(self):
         from .evaluate import _batches, image_bar
 
-        indices = range(dist.rank(), self.n, dist.world_size())
+        indices = self.indices[dist.rank()::dist.world_size()]
         bar = image_bar(len(indices), "unlabeled", self.progress)
         for batch in _batches(self.dataset, indices, self.batch_size):
             bar.update(len(batch))
@@ -799,7 +850,8 @@ def finalize(cfg, method, device, run_dir: Path, best: dict, train_seconds: floa
     unlabeled_batches = None
     if method.uses_unlabeled:
         unl = build_dataset(cfg, "unlabeled", train=False)
-        unlabeled_batches = UnlabeledBatches(unl, device, cfg.eval.batch_size, cfg.eval.pl_max_images, progress)
+        unlabeled_batches = UnlabeledBatches(unl, device, cfg.eval.batch_size, progress=progress,
+                                             indices=sample_indices(len(unl), cfg.eval.pl_max_images))
         if cfg.data.hidden_gt:
             with stage("pseudo-label measurement", timing, progress):
                 method.eval()

@@ -29,31 +29,41 @@ FIGURES = {("reco_1_16", "tsne.png"): "tsne_reco.png", ("reco_1_16", "prediction
 
 
 def results_figure(rows: list[dict], path: Path) -> Path:
-    """Bar chart of mIoU per method (mean over seeds with the individual seeds as dots)."""
+    """Bar chart of val mIoU per method and split: the bar is the mean over seeds, the error bar
+    one sample standard deviation (two seeds or more), the dots the individual seeds.
+
+    ``rows``: ``summarize`` rows (``method``, ``split``, ``mious``: one float per seed, percent).
+    """
     from .viz.figures import use_headless_backend
 
     use_headless_backend()
     import matplotlib.pyplot as plt
-    import seaborn as sns
+    import numpy as np
 
-    labels = [f"{r['method']}\n{r['split']}" for r in rows]
-    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 1, 3.4))
-    sns.barplot(x=labels, y=[r["miou"] for r in rows], ax=ax, color="#8fb3d9", errorbar=None)
+    labels = [f"{r['method']} · {r['split']}" for r in rows]
+    values = [np.asarray(r["mious"], dtype=float) for r in rows]
+    means = [v.mean() for v in values]
+    stds = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in values]
+    seeds = sorted({len(v) for v in values})
+    fig, ax = plt.subplots(figsize=(1.05 * len(rows) + 1.5, 3.8))
+    x = np.arange(len(rows))
+    ax.bar(x, means, color="#8fb3d9", yerr=[s if s else np.nan for s in stds], capsize=3,
+           error_kw={"elinewidth": 1, "ecolor": "#333333"}, label="mean over seeds (± 1 std)")
+    for i, v in enumerate(values):
+        jitter = np.linspace(-0.15, 0.15, len(v)) if len(v) > 1 else np.zeros(1)
+        ax.scatter(i + jitter, v, s=12, color="#1f3b5a", zorder=3, label="one seed" if i == 0 else None)
+        ax.text(i, max(v.max(), means[i] + stds[i]) + 1.5, f"{means[i]:.1f}", ha="center", fontsize=8)
+    ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel("val mIoU (%)")
-    ax.set_title("digits: supervised vs semi-supervised (1/16 labels) vs full supervision", fontsize=9)
-    for i, r in enumerate(rows):
-        ax.text(i, r["miou"] + 1, f"{r['miou']:.1f}", ha="center", fontsize=8)
+    ax.set_title("digits: supervised vs semi-supervised (1/16 labels) vs full supervision; "
+                 f"{'/'.join(map(str, seeds))} seed(s) per bar", fontsize=9)
     ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_savefig(fig, path, dpi=110)
     plt.close(fig)
     return path
-
-
-# metrics.json "timing": the stages of a run (keys without "/"), their sum is the run's total;
-# "training/<part>" keys are parts of the training stage (already inside it).
-STAGES = ["training", "final evaluation", "pseudo-label measurement", "method measures", "latent measures", "figures"]
 
 
 def read_timings(out: Path) -> dict[str, dict[str, float]]:
@@ -188,8 +198,6 @@ def main(argv=None) -> int:
                 shutil.copy(src, fig_dir / target)
         shutil.copy(out / "results.md", fig_dir / "results.md")
         rows = [r for r in summarize(collect_metrics(out)) if r["dataset"] == "digits"]
-        for r in rows:
-            r["miou"] = float(r["miou"].split(" ")[0])
         results_figure(rows, fig_dir / "results.png")
         # issue 7: the latent space of every method side by side (t-SNE of the final snapshots)
         from .engine.latent import viz_runs

@@ -159,7 +159,7 @@ def summarize(metrics: list[dict]) -> list[dict]:
                      "ci95": "n/a" if ci is None else f"[{ci[0]:.1f}, {ci[1]:.1f}]",
                      "ci95_low": None if ci is None else ci[0], "ci95_high": None if ci is None else ci[1],
                      "n_labeled": ms[0].get("n_labeled", ""), "seeds": len(ms),
-                     "miou": _mean_std([m["miou"] for m in ms]),
+                     "miou": _mean_std([m["miou"] for m in ms]), "mious": [m["miou"] for m in ms],
                      "pl_precision": _mean_std([m.get("pseudo_label_precision") for m in ms]),
                      "pl_coverage": _mean_std([m.get("pseudo_label_coverage") for m in ms]),
                      "silhouette": _mean_std([m.get("silhouette") for m in ms], 2),

@@ -51,3 +51,13 @@ def test_notebook_06_headless(two_runs, tmp_path, digits_root):
     html = [o["data"]["text/html"] for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
             if "text/html" in o.get("data", {}) and "s4kit-explorer" in "".join(o["data"]["text/html"])]
     assert len(html) == 1 and "supervised (1_16)" in "".join(html[0]) and "reco (1_16)" in "".join(html[0])
+
+
+@pytest.mark.teaching
+def test_notebook_06_at_its_defaults(tmp_path):
+    """FAST off, the defaults: trains its three runs (ITERS each) and draws both explorers."""
+    nb = run_notebook("06_latent_space.ipynb", tmp_path, DATA_ROOT=str(tmp_path / "digits"),
+                      RUN_DIR=str(tmp_path / "nb06"))
+    text = json.dumps(nb)
+    assert "notebook embedding == s4kit.viz.latent.embed_snapshots" in text and "smoke-test settings" not in text
+    assert "prcl (1_16)" in text and "s4kit-explorer" in text

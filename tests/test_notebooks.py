@@ -92,3 +92,13 @@ def test_reproduce_streams_the_notebook_unless_told_not_to(digits_root, tmp_path
     c = calls[-1]
     assert c["progress_bar"] is False and c["stdout_file"] is None and c["stderr_file"] is None
     assert c["env"] is None and c["err_before"] == "" and capsys.readouterr() == ("", "")
+
+
+@pytest.mark.teaching
+def test_reproduce_notebook_at_its_defaults(tmp_path):
+    """FAST off: the preset's full digits run (reco, 1_16, 800 iterations) into a temporary folder."""
+    from conftest import run_notebook
+
+    nb = run_notebook("reproduce.ipynb", tmp_path, DATA_ROOT=str(tmp_path / "digits"), RUN_DIR=str(tmp_path / "run"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["iters"] == 800 and "smoke-test settings" not in json.dumps(nb)

@@ -88,28 +88,3 @@ def test_notebook_02_default_parameters(tmp_path):
         assert check in text, check
     assert "exercise 1 passed" in text and "exercise 2 passed" in text
     assert "smoke-test settings" not in text
-
-
-def test_css_method_note_resolves_every_citation():
-    """docs/methods/css.md has every section (``css.md §N``) and equation label (``C1``..) that
-    s4kit, the notebooks, benchmarks and tests cite, in the MyST forms ``## N. Title``,
-    ``### N.M Title`` and ``$$ (Cn)``, and links the notebook that builds it."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    page = (root / "docs" / "methods" / "css.md").read_text()
-    sections = set(re.findall(r"^## (\d+)\. ", page, re.M)) | set(re.findall(r"^### (\d+\.\d+) ", page, re.M))
-    labels = set(re.findall(r"^\$\$ \((C\d+)\)$", page, re.M))
-    cited_sections, cited_labels = set(), set()
-    for folder in ("s4kit", "notebooks", "benchmarks", "tests"):
-        for path in (root / folder).rglob("*"):
-            if path.suffix not in (".py", ".yaml", ".ipynb", ".md") or path.name == Path(__file__).name:
-                continue
-            text = path.read_text(errors="ignore")
-            if "css" not in text.lower():  # C-labels are CSS's; other files may name C1..C5 otherwise
-                continue
-            cited_sections |= set(re.findall(r"css\.md\)?\s*§\s*(\d+(?:\.\d+)?)", text))
-            cited_labels |= set(re.findall(r"\b(C\d+)\b", text))
-    assert cited_labels and cited_labels <= labels, cited_labels - labels
-    assert cited_sections <= sections, cited_sections - sections
-    assert "notebooks/02_logit_and_representation_supervision.ipynb" in page

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "book" / "_build" / "html-smoke"
 SHOTS = ROOT / "book" / "_build" / "screenshots"
 PAGES = {"index": "book/index.html", "method": "docs/methods/css.html",
-         "notebook": "notebooks/02_logit_and_representation_supervision.html",
+         "notebook": "notebooks/03_gaussian_prototypes.html",
          "latent": "notebooks/06_latent_space.html"}
 
 
@@ -99,9 +99,14 @@ def test_pages_show_no_errors_and_every_image_loads(browser, site, page):
     broken = browser.execute_script(
         "return Array.from(document.images).filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.src)")
     assert broken == [], broken
-    if page in ("notebook", "latent"):
-        assert browser.execute_script("return document.querySelectorAll('.cell_output img').length") > 0
     _shot(browser, page)
+    if page in ("notebook", "latent"):
+        figures = browser.execute_script("return document.querySelectorAll('.cell_output img').length")
+        assert figures > 0
+        for k in range(figures):  # each figure of the executed notebook, scrolled into view
+            browser.execute_script("document.querySelectorAll('.cell_output img')[arguments[0]].scrollIntoView()", k)
+            time.sleep(0.2)
+            _shot(browser, f"{page}_figure{k}")
 
 
 def test_equations_are_typeset(browser, site):

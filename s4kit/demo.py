@@ -66,6 +66,11 @@ def results_figure(rows: list[dict], path: Path) -> Path:
     return path
 
 
+# metrics.json "timing": the stages of a run (keys without "/"), their sum is the run's total;
+# "training/<part>" keys are parts of the training stage (already inside it).
+STAGES = ["training", "final evaluation", "pseudo-label measurement", "method measures", "latent measures", "figures"]
+
+
 def read_timings(out: Path) -> dict[str, dict[str, float]]:
     """Run folder name -> its metrics.json ``timing`` (seconds per stage), for every folder
     directly under ``out`` with a metrics.json holding one (sorted by name)."""

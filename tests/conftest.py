@@ -44,3 +44,24 @@ def run_notebook(name: str, out_dir, **parameters):
     papermill.execute_notebook(str(src), str(out), parameters=parameters, progress_bar=False, kernel_name="python3",
                                cwd=str(out_dir))
     return json.loads(out.read_text())
+
+
+def figure_cells(nb: dict) -> list[dict]:
+    """The code cells of an executed notebook that draw a figure (``plt.subplots``)."""
+    return [c for c in nb["cells"] if c["cell_type"] == "code" and "plt.subplots" in "".join(c["source"])]
+
+
+def assert_figures_shown(nb: dict) -> None:
+    """Every figure cell of an executed notebook shows its figure (an image/png output)."""
+    cells = figure_cells(nb)
+    shown = [c for c in cells if any("image/png" in o.get("data", {}) for o in c["outputs"])]
+    assert cells and len(shown) == len(cells)
+
+
+def assert_checks_and_exercises_pass(text: str, checks, exercises: int) -> None:
+    """Every ``... == s4kit`` check line printed and every exercise check reports 'correct'."""
+    for check in checks:
+        assert check in text, check
+    for k in range(1, exercises + 1):
+        assert f"exercise {k}: correct" in text, k
+    assert "not done yet" not in text and "not yet" not in text

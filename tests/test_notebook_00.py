@@ -8,7 +8,7 @@ import nbformat
 import papermill
 import pytest
 
-from conftest import run_notebook
+from conftest import assert_checks_and_exercises_pass, assert_figures_shown, run_notebook
 
 NAME = "00_data_and_splits.ipynb"
 SOURCE = Path(__file__).resolve().parents[1] / "notebooks" / NAME
@@ -57,14 +57,8 @@ def test_notebook_00_exercises_are_task_stub_hidden_solution_check():
 def test_notebook_00_rebuilds_the_library(digits_root, tmp_path):
     nb = run_notebook(NAME, tmp_path, FAST=True, DATA_ROOT=str(digits_root))
     text = stdout_of(nb)
-    for check in CHECKS:
-        assert check in text, check
-    for k in range(1, EXERCISES + 1):
-        assert f"exercise {k}: correct" in text, k
-    assert "not done yet" not in text and "not yet" not in text
-    figure_cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "plt.subplots" in "".join(c["source"])]
-    shown = [c for c in figure_cells if any("image/png" in o.get("data", {}) for o in c["outputs"])]
-    assert figure_cells and len(shown) == len(figure_cells)
+    assert_checks_and_exercises_pass(text, CHECKS, EXERCISES)
+    assert_figures_shown(nb)
 
 
 def test_notebook_00_stubs_run_and_say_not_done_yet(digits_root, tmp_path):

@@ -11,7 +11,7 @@ import torch
 
 from s4kit.notebook import eval_mode
 
-from conftest import run_notebook
+from conftest import assert_checks_and_exercises_pass, assert_figures_shown, run_notebook
 from test_notebook_00 import check_exercise_layout, run_without_solutions, stdout_of
 
 NAME = "01_mean_teacher_and_pixel_contrast.ipynb"
@@ -48,16 +48,10 @@ def test_notebook_01_rebuilds_the_library(digits_root, tmp_path):
     run_dir = tmp_path / "runs"
     nb = run_notebook(NAME, tmp_path, FAST=True, DATA_ROOT=str(digits_root), RUN_DIR=str(run_dir))
     text = stdout_of(nb)
-    for check in CHECKS:
-        assert check in text, check
-    for k in range(1, EXERCISES + 1):
-        assert f"exercise {k}: correct" in text, k
-    assert "not done yet" not in text and "not yet" not in text
+    assert_checks_and_exercises_pass(text, CHECKS, EXERCISES)
     assert "teacher: 12 supervised iterations" in text  # the FAST run, kept under its config key
     assert len([p for p in run_dir.iterdir() if (p / "metrics.json").exists()]) == 1
-    figure_cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "plt.subplots" in "".join(c["source"])]
-    shown = [c for c in figure_cells if any("image/png" in o.get("data", {}) for o in c["outputs"])]
-    assert figure_cells and len(shown) == len(figure_cells)
+    assert_figures_shown(nb)
     # the stubs alone run through and say so; the FAST teacher is reused (same config)
     text = stdout_of(run_without_solutions(SOURCE, tmp_path, FAST=True, DATA_ROOT=str(digits_root),
                                            RUN_DIR=str(run_dir)))

@@ -5,7 +5,7 @@ import json
 import nbformat
 import pytest
 
-from conftest import run_notebook
+from conftest import assert_figures_shown, run_notebook
 
 NAME = "04_region_losses.ipynb"
 CHECKS = ["semantic masks by hand == s4kit", "teacher regions by hand == s4kit",
@@ -21,11 +21,6 @@ def outputs_text(nb: dict, streams=("stdout", "stderr")) -> str:
     return "".join("".join(o.get("text", "")) for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]
                    if o.get("name", "stdout") in streams)
 
-
-def assert_figures_shown(nb: dict) -> None:
-    figure_cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "plt.subplots" in "".join(c["source"])]
-    shown = [c for c in figure_cells if any("image/png" in o.get("data", {}) for o in c["outputs"])]
-    assert figure_cells and len(shown) == len(figure_cells)
 
 
 def test_region_loss_notebook_rebuilds_the_library(digits_root, tmp_path):

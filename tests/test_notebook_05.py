@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import run_notebook
+from conftest import assert_figures_shown, figure_cells, run_notebook
 
 NAME = "05_channel_cross_attention.ipynb"
 CHECKS = ["A1 (map_in + GELU) by hand == s4kit", "A2 LayerNorm by hand == s4kit",
@@ -32,10 +32,8 @@ def _check_executed(nb):
     assert "exercise 1: correct" in text and "exercise 2: correct" in text
     assert "not done yet" not in text
     # every figure cell shows its figure; the attention map has a colourbar
-    figure_cells = [c for c in nb["cells"] if c["cell_type"] == "code" and "plt.subplots" in "".join(c["source"])]
-    shown = [c for c in figure_cells if any("image/png" in o.get("data", {}) for o in c["outputs"])]
-    assert figure_cells and len(shown) == len(figure_cells)
-    assert any("colorbar" in "".join(c["source"]) for c in figure_cells)
+    assert_figures_shown(nb)
+    assert any("colorbar" in "".join(c["source"]) for c in figure_cells(nb))
     # equations carry the method page's labels and the page is linked
     markdown = "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
     assert "../docs/methods/allspark.md" in markdown

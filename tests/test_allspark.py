@@ -166,6 +166,33 @@ def test_training_branches_depend_on_the_right_inputs():
         m(c4)
 
 
+def test_layer_scale_zero_starts_as_identity_and_learns_gamma():
+    """layer_scale=zero: Y = gamma * attention + X, gamma (C,) from 0; the paper's module has no gamma."""
+    assert _module().gamma is None and "gamma" not in dict(_module().named_parameters())
+    m = _module(layer_scale="zero").train()
+    g = torch.Generator().manual_seed(5)
+    c4 = torch.randn(4, 8, 2, 2, generator=g, dtype=torch.float64)
+    x = F.gelu(m.map_in(c4)).flatten(2).transpose(1, 2)  # (A1)
+    identity = F.gelu(m.map_out(m.norm_out(x).transpose(1, 2).reshape(4, 8, 2, 2)))  # (A2) without attention
+    m.set_context(2, None, use_memory=True)
+    out = m(c4)
+    assert torch.allclose(out, identity, atol=1e-12)  # gamma = 0: neither u nor the memory reaches the output
+    out.square().sum().backward()
+    assert m.gamma.grad.abs().min() > 0  # ... but gamma learns from the first step
+    with torch.no_grad():
+        m.gamma.fill_(0.5)
+    attn = m.attn(m.norm_in(x), 2, None, True, (2, 2))
+    y = m.norm_out(0.5 * attn + x).transpose(1, 2).reshape(4, 8, 2, 2)
+    m.set_context(2, None, use_memory=True)
+    assert torch.allclose(m(c4), F.gelu(m.map_out(y)), atol=1e-12)
+    m.eval()  # the inference path is scaled too
+    z = m.norm_in(x)
+    y = m.norm_out(0.5 * m.attn.infer(z, "per_image") + x).transpose(1, 2).reshape(4, 8, 2, 2)
+    assert torch.allclose(m(c4), F.gelu(m.map_out(y)), atol=1e-12)
+    with pytest.raises(ValueError, match="layer_scale"):
+        _module(layer_scale="one")
+
+
 def test_memory_fifo_keeps_newest_entries_per_class():
     mem = SemanticMemory(num_classes=2, slots=4, tokens=1)
     mem.queue.zero_()

@@ -147,3 +147,52 @@ def test_demo_main_prints_and_writes_timing(tmp_path, monkeypatch, capsys):
     written = (out / "timing.md").read_text()
     assert timing_table(out) in written and "| **total** | 30.0 | 6.0 | 6.0 | 4.0 | 1.0 | 3.0 | 38.0 |" in written
     assert timing_table(out) in capsys.readouterr().out
+
+
+def test_demo_runs_the_tour_or_everything_and_says_which(tmp_path, monkeypatch):
+    """make demo = the tour (CSS, PRCL, mean teacher + supervised bounds, one network); --all = every run; the
+    overrides reach every run's OVERRIDES; results.md's first line names what ran."""
+    import s4kit.demo as demo
+    import s4kit.engine.report as report
+
+    calls = []
+    monkeypatch.setattr(demo, "run_all", lambda runs, data, jobs, max_iters=0, overrides=(): calls.append(
+        ([(m, s, seed) for m, s, seed, _ in runs], overrides)))
+    monkeypatch.setattr(report, "report_table", lambda out: "| results |")
+    out = tmp_path / "demo"
+    out.mkdir()
+    assert demo.main(["--out", str(out), "--figures", ""]) == 0
+    tour = [(m, s, 0) for m, s in demo.TOUR]
+    assert calls[-1] == (tour, ())
+    assert {m for m, _, _ in tour} == {"supervised", "meanteacher", "css", "prcl"}  # one network
+    assert {s for m, s, _ in tour if m == "supervised"} == {"1_16", "full"}  # both bounds
+    head = (out / "results.md").read_text().splitlines()[0]
+    assert head.startswith("Ran: make demo (the tour") and "5 runs, seed 0: prcl 1_16, css 1_16," in head
+    assert demo.main(["--all", "--out", str(out), "--figures", "", "--seeds", "0", "1",
+                      "--override", "eval.pl_max_images=0", "viz.snapshots=0"]) == 0
+    runs, overrides = calls[-1]
+    assert len(runs) == 20 and {(m, s) for m, s, _ in runs} == set(demo.RUNS)
+    assert overrides == ("eval.pl_max_images=0", "viz.snapshots=0")
+    head = (out / "results.md").read_text().splitlines()[0]
+    assert head.startswith("Ran: every method: 20 runs, seeds 0 1: rc2l 1_16, allspark 1_16,")
+    assert head.endswith("Overrides: eval.pl_max_images=0 viz.snapshots=0.")
+
+
+def test_demo_launch_passes_threads_and_overrides(tmp_path, monkeypatch):
+    import subprocess
+
+    import s4kit.demo as demo
+
+    seen = {}
+
+    class FakePopen:
+        def __init__(self, cmd, **kw):
+            seen["cmd"], seen["env"] = cmd, kw["env"]
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
+    _, log = demo._launch("reco", "1_16", 3, tmp_path / "run", "/data", 0, 1, ("eval.pl_max_images=0",))
+    log.close()
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--seed") + 1] == "3" and cmd[cmd.index("--method") + 1] == "reco"
+    assert cmd[cmd.index("OVERRIDES") + 1] == "train.threads=1 eval.pl_max_images=0"
+    assert seen["env"]["OMP_NUM_THREADS"] == "1" and "MAX_ITERS" not in cmd

@@ -37,6 +37,7 @@ s4kit options beyond the paper (defaults = paper; the digits preset uses them, s
 | ``unsup_warmup_fraction`` | 0 (L_u from the first step) | see the preset |
 | ``attn_drop`` | 0.1 | 0 (lets ``channel_attention`` use its fused kernel) |
 | ``heads`` | 2 | 1 (the labeled attention matrix grows with h^2) |
+| ``layer_scale`` | ``none`` | see the preset |
 
 Why ``memory`` at test time: after the warm-up the labeled features are rebuilt from
 K·C memory channels in every training step, but the paper evaluates with per-image
@@ -84,6 +85,8 @@ class AllSparkOptions(SupervisedOptions):
     # allspark: none (0 = every pixel; only for measuring); unimatch_allspark: the mask
     confidence_threshold: float = opt(0.0, "[0, 1]")
     unsup_warmup_fraction: float = opt(0.0, "[0, 1]")  # share of the iterations with L_u off (paper: 0; the memory fills)
+    # Y = gamma * attention + X with gamma (C,) learned from 0 (s4kit, not the paper: docs/methods/allspark.md §11)
+    layer_scale: Literal["none", "zero"] = "none"
 
     @classmethod
     def validate(cls, cfg) -> None:
@@ -121,7 +124,7 @@ class AllSparkMethod(Method):
         net = self.student
         tokens = memory_tokens(cfg.data.crop_size, cfg.model.input_scale, o.patch_num)
         net.bottleneck = AllSpark(net.encoder.channels[-1], self.num_classes, tokens, o.heads, o.attn_drop,
-                                  o.proj_drop, o.memory_sync)
+                                  o.proj_drop, o.memory_sync, o.layer_scale)
         net.bottleneck.infer_source = o.eval_source
         self.warmup_iters = fraction_to_iters(o.warmup_fraction, self.total_iters)
         self.unsup_warmup_iters = fraction_to_iters(o.unsup_warmup_fraction, self.total_iters)

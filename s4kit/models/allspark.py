@@ -196,8 +196,10 @@ class ChannelCrossAttention(nn.Module):
     """
 
     def __init__(self, channels: int, num_classes: int, tokens: int, heads: int = 2, attn_drop: float = 0.1,
-                 proj_drop: float = 0.1, memory_sync: str = "allgather"):
+                 proj_drop: float = 0.1, memory_sync: str = "allgather", layer_scale: str = "none"):
         super().__init__()
+        if layer_scale not in ("none", "zero"):
+            raise ValueError(f"AllSpark layer_scale={layer_scale!r}: expected none or zero")
         if memory_sync not in ("allgather", "rank0_broadcast_literal", "local"):
             raise ValueError(f"allspark.memory_sync={memory_sync!r}: expected allgather, rank0_broadcast_literal "
                              "or local")
@@ -283,10 +285,16 @@ class AllSpark(nn.Module):
         X = GELU(Conv1x1(c4)) as (B, N, C)                                         (A1)
         Z = LN(X),  Y = CrossAttnMem(Z) + X,  out = GELU(Conv1x1(LN(Y)))           (A2)
 
+    ``layer_scale="zero"`` (s4kit option, not in the paper; docs/methods/allspark.md §11):
+    Y = gamma * CrossAttnMem(Z) + X with a learned per-channel gamma (C,) starting at 0
+    (LayerScale, Touvron et al. 2021, initialised as ReZero): the block starts as the
+    identity on X and lets the attention in as it helps the loss.
+
     Args:
         channels: C (the c4 width: 512 for MiT-b2..b5, 256 for b0/b1).
         num_classes: K. tokens: N, the stage-4 token count of the training crop (memory length).
         heads, attn_drop, proj_drop, memory_sync: see ``ChannelCrossAttention``.
+        layer_scale: ``none`` (paper) or ``zero`` (gamma above). Raises ``ValueError`` otherwise.
 
     Training (``self.training``): before each forward the method calls
     ``set_context(n_labeled, class_maps, use_memory)``; the input is [labeled; unlabeled]
@@ -300,12 +308,15 @@ class AllSpark(nn.Module):
     """
 
     def __init__(self, channels: int, num_classes: int, tokens: int, heads: int = 2, attn_drop: float = 0.1,
-                 proj_drop: float = 0.1, memory_sync: str = "allgather"):
+                 proj_drop: float = 0.1, memory_sync: str = "allgather", layer_scale: str = "none"):
         super().__init__()
+        if layer_scale not in ("none", "zero"):
+            raise ValueError(f"AllSpark layer_scale={layer_scale!r}: expected none or zero")
         self.map_in = nn.Conv2d(channels, channels, 1)
         self.norm_in, self.norm_out = nn.LayerNorm(channels, eps=1e-6), nn.LayerNorm(channels, eps=1e-6)
         self.attn = ChannelCrossAttention(channels, num_classes, tokens, heads, attn_drop, proj_drop, memory_sync)
         self.map_out = nn.Conv2d(channels, channels, 1)
+        self.gamma = nn.Parameter(torch.zeros(channels)) if layer_scale == "zero" else None
         for m in self.attn.modules():
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
@@ -331,9 +342,10 @@ class AllSpark(nn.Module):
             if ctx["use_memory"] and h * w != self.tokens:
                 raise ValueError(f"AllSpark memory holds {self.tokens} tokens but the stage-4 grid is {h}x{w}: "
                                  "train on crops of the size the memory was built for")
-            y = self.attn(z, ctx["n_labeled"], ctx["class_maps"], ctx["use_memory"], (h, w)) + x
+            a = self.attn(z, ctx["n_labeled"], ctx["class_maps"], ctx["use_memory"], (h, w))
         else:
-            y = self.attn.infer(z, self.infer_source) + x
+            a = self.attn.infer(z, self.infer_source)
+        y = (a if self.gamma is None else self.gamma * a) + x
         y = self.norm_out(y).transpose(1, 2).reshape(B, C, h, w)
         return F.gelu(self.map_out(y))  # (A2)
 

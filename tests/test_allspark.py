@@ -291,7 +291,8 @@ def test_allspark_method_step_and_options(digits_root, tmp_path):
 
     paper = ["method.framework=allspark", "method.confidence_threshold=0.0", "method.pl_forward=batch",
              "method.warmup_fraction=0.0625", "method.heads=2", "method.attn_drop=0.1",
-             "method.eval_source=per_image", "method.unsup_warmup_fraction=0.0", "augment.mix=none"]
+             "method.eval_source=per_image", "method.unsup_warmup_fraction=0.0", "augment.mix=none",
+             "method.layer_scale=none"]
     cfg = load_config("digits/allspark", tiny_overrides(digits_root, tmp_path, iters=16) + paper)
     torch.manual_seed(0)
     method = build_method(cfg)

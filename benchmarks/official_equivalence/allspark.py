@@ -189,7 +189,7 @@ def upsampling_row(AS, names) -> H.Row:
     dec.allspark = lambda e4, *a: e4
     dec.decoder = lambda *feats: logits
     official = dec((None, None, None, None), 321, 321)
-    method = build_method(load_config("digits/allspark"))
+    method = build_method(load_config("digits/allspark", ["method.layer_scale=none"]))
     method.forward_eval = lambda image: {"logits": logits}
     ours = method.predict(torch.zeros(2, 3, 321, 321))
     corners = F.interpolate(logits, size=(321, 321), mode="bilinear", align_corners=True)

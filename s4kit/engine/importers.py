@@ -181,7 +181,8 @@ def import_allspark(ckpt: str | Path, out: str | Path, config: str | None = None
         if config is None:
             raise ConfigError(f"{ckpt}: {sizes['num_classes']} classes: no AllSpark preset for it; pass --config")
     base = [f"model.encoder={sizes['encoder']}", f"model.decoder_dim={sizes['decoder_dim']}",
-            f"method.heads={sizes['heads']}", "model.pretrained=none", f"run.dir={out}"]
+            f"method.heads={sizes['heads']}", "method.layer_scale=none",  # the official module has no gamma
+            "model.pretrained=none", f"run.dir={out}"]
     method = cfg = None
     for patch in ("auto", "literal"):
         cfg = load_config(config, base + [f"method.patch_num={patch}", *overrides])

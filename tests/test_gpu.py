@@ -16,7 +16,8 @@ def _need_cuda():
         pytest.fail("marked gpu but CUDA is not available: run these on the device machine")
 
 
-@pytest.mark.parametrize("method", ["supervised", "meanteacher", "reco", "css", "prcl"])
+@pytest.mark.parametrize("method", ["supervised", "meanteacher", "reco", "css", "prcl", "rc2l", "allspark",
+                                    "supervised_maskformer", "supervised_segformer"])
 def test_training_on_cuda_with_bf16_autocast_and_channels_last(method, digits_root, tmp_path):
     overrides = [o for o in tiny_overrides(digits_root, tmp_path / "run") if o != "device=cpu"] + ["device=cuda"]
     metrics = train(load_config(f"digits/{method}", overrides), progress=False)
